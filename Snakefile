@@ -1,0 +1,19 @@
+# ccdflow: raw CCD frames -> master calibrations -> calibrated frames.
+# Run:  snakemake --cores all --config raw_dir=/path/to/night
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: f"{workflow.basedir}/config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/masters.smk"
+include: "workflow/rules/calibrate.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

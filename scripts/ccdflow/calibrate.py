@@ -1,0 +1,367 @@
+"""Master calibration frames and calibrated science frames.
+
+Units: raw frames and masters are in ADU; a calibrated frame is in electrons when the
+gain is known (``BUNIT = 'electron'``), otherwise in ADU. Masters are combined in row
+bands, each input read once, so memory stays under a limit for any number of inputs.
+
+Arithmetic (DESIGN §5):
+
+- master bias  = combine(raw_i)
+- master dark  = combine(raw_i - bias), one per exposure group, EXPTIME = median
+- master flat  = combine((raw_i - bias - dark * t_i / t_dark) / m_i), m_i = median of
+  the central region of each flat; then divided by its own central median; values
+  below ``floor`` are masked (``FLAT_LOW``) and set to 1
+- calibrated   = (raw - bias - dark * t / t_dark) / flat  [* gain]
+"""
+
+__all__ = [
+    "Master",
+    "calibrate_frame",
+    "central_region",
+    "make_master",
+    "read_noise_adu",
+]
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ccdflow import bits, provenance
+from ccdflow.combine import band_rows, combine_stack
+
+
+@dataclass
+class Master:
+    """A master calibration in memory: data, standard error and mask bits (ADU)."""
+
+    data: np.ndarray
+    uncertainty: np.ndarray
+    mask: np.ndarray
+    header: object  # astropy.io.fits.Header
+    name: str = ""
+    exptime: float = 0.0
+
+
+def central_region(shape, fraction=0.5):
+    """Slices of the central ``fraction`` of each axis (flat normalisation region)."""
+    ny, nx = shape
+    my, mx = int(ny * (1 - fraction) / 2), int(nx * (1 - fraction) / 2)
+    return slice(my, ny - my), slice(mx, nx - mx)
+
+
+class _RowReader:
+    """Rows of one raw frame, read lazily from a memory map (each byte read once).
+
+    Plain FITS images are mapped directly (big-endian integers or floats, BSCALE/BZERO
+    applied per band, BLANK -> NaN); compressed ones are decoded whole by astropy.
+    """
+
+    _DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+    def __init__(self, path, hdu):
+        from astropy.io import fits
+
+        self.path = path
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            h = hdul[hdu]
+            self.header = h.header.copy()
+            self.shape = (int(self.header["NAXIS2"]), int(self.header["NAXIS1"]))
+            plain = not hdul._file.compression and not isinstance(h, fits.CompImageHDU)
+            offset = h.fileinfo()["datLoc"] if plain else None
+            self._whole = None if plain else np.asarray(h.data, dtype=np.float32)
+        if self._whole is None:
+            bitpix = int(self.header["BITPIX"])
+            self._map = np.memmap(
+                path, dtype=self._DTYPES[bitpix], mode="r", offset=offset, shape=self.shape
+            )
+            self._bscale = float(self.header.get("BSCALE", 1.0))
+            self._bzero = float(self.header.get("BZERO", 0.0))
+            self._blank = self.header.get("BLANK") if bitpix > 0 else None
+
+    def rows(self, y0, y1):
+        if self._whole is not None:
+            return self._whole[y0:y1]
+        raw = np.asarray(self._map[y0:y1])
+        out = raw.astype(np.float32)
+        if self._bscale != 1.0:
+            out *= np.float32(self._bscale)
+        if self._bzero != 0.0:
+            out += np.float32(self._bzero)
+        if self._blank is not None:
+            out[raw == self._blank] = np.nan
+        return out
+
+    def close(self):
+        self._map = None
+        self._whole = None
+
+
+def _open_all(frames):
+    from ccdflow.io import FrameError
+
+    readers = []
+    try:
+        for path, hdu in frames:
+            try:
+                readers.append(_RowReader(path, hdu))
+            except Exception as exc:
+                raise FrameError(path, "unreadable", f"{type(exc).__name__}: {exc}") from exc
+        shapes = {r.shape for r in readers}
+        if len(shapes) != 1:
+            detail = ", ".join(f"{r.path}: {r.shape}" for r in readers)
+            raise FrameError(readers[0].path, "shape_mismatch", detail)
+    except BaseException:
+        for r in readers:
+            r.close()
+        raise
+    return readers
+
+
+def read_noise_adu(a, b):
+    """Read noise (ADU) from two bias frames: robust std of their difference / sqrt(2)."""
+    from astropy.stats import mad_std
+
+    return float(mad_std(np.asarray(a, np.float64) - b) / np.sqrt(2))
+
+
+def make_master(
+    frames,
+    kind,
+    combine,
+    bias=None,
+    dark=None,
+    dark_scales=None,
+    saturation=None,
+    mem_limit_mb=2000,
+    flat_floor=0.1,
+):
+    """Make a master bias, dark or flat.
+
+    Parameters
+    ----------
+    frames : list of (path, hdu)
+        Raw input frames (ADU); never modified.
+    kind : {'bias', 'dark', 'flat'}
+    combine : dict
+        ``method``, ``sigma_low``, ``sigma_high``, ``maxiters``, ``spread`` (and ``nlow``,
+        ``nhigh`` for minmax), passed to :func:`ccdflow.combine.combine_stack`.
+    bias : Master, optional
+        Subtracted from every input (darks, flats).
+    dark : Master, optional
+        Subtracted from every input after scaling by ``dark_scales[i]`` (flats).
+    saturation : float, optional
+        Raw values at or above it (ADU) are excluded from the combination.
+    mem_limit_mb : float
+        Memory budget of the stack of one band.
+    flat_floor : float
+        Flats: normalised values below it are masked and set to 1.
+
+    Returns
+    -------
+    Master
+        Data in ADU (flats: dimensionless, central median 1); the header carries the
+        provenance (inputs, method, masters used).
+    """
+    if kind not in ("bias", "dark", "flat"):
+        raise ValueError(f"unknown master kind {kind!r}")
+    readers = _open_all(frames)
+    try:
+        ny, nx = readers[0].shape
+        n = len(readers)
+        scales = np.ones(n) if dark_scales is None else np.asarray(dark_scales, float)
+        norm = np.ones(n, dtype=np.float64)
+        if kind == "flat":
+            norm = _flat_levels(readers, bias, dark, scales)
+        step = band_rows(n, nx, ny, mem_limit_mb)
+        data = np.empty((ny, nx), np.float32)
+        unc = np.empty((ny, nx), np.float32)
+        nused = np.empty((ny, nx), np.int16)
+        nsat = 0
+        diffs = []
+        for y0 in range(0, ny, step):
+            y1 = min(ny, y0 + step)
+            stack = np.empty((n, y1 - y0, nx), np.float32)
+            bad = np.zeros(stack.shape, dtype=bool)
+            for i, r in enumerate(readers):
+                raw = r.rows(y0, y1)
+                bad[i] = ~np.isfinite(raw)
+                if saturation is not None:
+                    sat = raw >= saturation
+                    nsat += int(sat.sum())
+                    bad[i] |= sat
+                stack[i] = _subtract(raw, bias, dark, scales[i], y0, y1)
+                if kind == "flat":
+                    stack[i] /= norm[i]
+            if kind == "bias" and n >= 2:
+                diffs.append(stack[1] - stack[0])
+            stack[bad] = 0
+            method = combine["method"]
+            data[y0:y1], unc[y0:y1], nused[y0:y1] = combine_stack(
+                stack, bad, **{k: v for k, v in combine.items() if k != "method"}, method=method
+            )
+        header = readers[0].header.copy()
+        exptimes = [float(r.header.get("EXPTIME", r.header.get("EXPOSURE", 0.0))) for r in readers]
+    finally:
+        for r in readers:
+            r.close()
+
+    mask = np.zeros((ny, nx), bits.MASK_DTYPE)
+    mask[nused == 0] |= bits.NODATA
+    for key in ("BZERO", "BSCALE", "BLANK"):
+        header.remove(key, ignore_missing=True)
+    provenance.stamp(header, f"MASTER_{kind.upper()}")
+    provenance.add_inputs(header, [p for p, _ in frames])
+    provenance.add_step(header, "COMBMETH", combine["method"])
+    if combine["method"].startswith("sigma_clip"):
+        provenance.add_step(header, "CLIPLOW", combine.get("sigma_low", 3.0))
+        provenance.add_step(header, "CLIPHIGH", combine.get("sigma_high", 3.0))
+        provenance.add_step(header, "CLIPSIG", combine.get("spread", "mad_std"))
+        provenance.add_step(header, "CLIPITER", combine.get("maxiters", 5))
+    if bias is not None:
+        provenance.add_step(header, "BIASCORR", bias.name)
+    if dark is not None:
+        provenance.add_step(header, "DARKCORR", dark.name)
+        provenance.add_step(header, "DARKEXP", dark.exptime)
+    exptime = float(np.median(exptimes)) if kind != "bias" else 0.0
+    header["EXPTIME"] = (exptime, "[s] median exposure of the inputs")
+    if diffs:
+        rn = read_noise_adu(np.concatenate([d.ravel() for d in diffs]), 0.0)
+        header["RDNOISEM"] = (round(rn, 4), "[adu] read noise measured from bias pairs")
+    if nsat:
+        provenance.add_step(header, "NSATUR", nsat)
+    if kind == "flat":
+        provenance.add_step(header, "SCALEMTH", "median of central region, per frame")
+        data, mask = _normalise_flat(data, unc, mask, nused, flat_floor, header)
+    return Master(data=data, uncertainty=unc, mask=mask, header=header, exptime=exptime)
+
+
+def _subtract(raw, bias, dark, scale, y0, y1):
+    out = raw.astype(np.float32, copy=True)
+    if bias is not None:
+        out -= bias.data[y0:y1]
+    if dark is not None and scale != 0:
+        out -= np.float32(scale) * dark.data[y0:y1]
+    return out
+
+
+def _flat_levels(readers, bias, dark, scales):
+    """Median of the central region of each bias/dark-subtracted flat (rows read once more
+    only for the central half of the frame)."""
+    ys, xs = central_region(readers[0].shape)
+    levels = []
+    for i, r in enumerate(readers):
+        centre = _subtract(r.rows(ys.start, ys.stop), bias, dark, scales[i], ys.start, ys.stop)
+        level = float(np.nanmedian(centre[:, xs]))
+        if not level > 0:
+            from ccdflow.io import FrameError
+
+            raise FrameError(r.path, "bad_flat", f"central median {level:.3g} is not positive")
+        levels.append(level)
+    return np.asarray(levels)
+
+
+def _normalise_flat(data, unc, mask, nused, floor, header):
+    ys, xs = central_region(data.shape)
+    centre = data[ys, xs][nused[ys, xs] > 0]
+    level = float(np.median(centre))
+    data = data / np.float32(level)
+    unc /= np.float32(level)
+    low = ~(data >= floor)  # also catches NaN
+    data[low] = 1.0
+    mask[low] |= bits.FLAT_LOW
+    provenance.add_step(header, "FLATNORM", round(level, 6))
+    provenance.add_step(header, "FLATFLOO", floor)
+    provenance.add_step(header, "NFLATLOW", int(low.sum()))
+    return data.astype(np.float32), mask
+
+
+def calibrate_frame(
+    raw,
+    raw_mask,
+    header,
+    bias=None,
+    dark=None,
+    dark_scale=1.0,
+    flat=None,
+    gain=None,
+    read_noise=None,
+    saturation=None,
+):
+    """Calibrate one science frame.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        Raw frame (ADU), float32; not modified.
+    raw_mask : numpy.ndarray
+        Mask bits of the raw frame (``bits.BAD`` for non-finite pixels); not modified.
+    header : astropy.io.fits.Header
+        Raw header; a copy is returned with provenance added.
+    bias, dark, flat : Master, optional
+        Masters; a missing one is recorded as a skipped step.
+    dark_scale : float
+        Multiplies the master dark (``t_frame / t_dark``; 1 for equal exposures).
+    gain : float, optional
+        e-/ADU; when given the result is in electrons.
+    read_noise : float, optional
+        Read noise in electrons (ADU when ``gain`` is None) for the uncertainty plane.
+    saturation : float, optional
+        Raw values at or above it (ADU) get ``bits.SATURATED``.
+
+    Returns
+    -------
+    data, uncertainty, mask, header, unit
+        float32 calibrated data and standard deviation, mask bits, new header, and
+        ``'electron'`` or ``'adu'``.
+    """
+    g = 1.0 if gain is None else float(gain)
+    rn = 0.0 if read_noise is None else float(read_noise)
+    header = header.copy()
+    for key in ("BZERO", "BSCALE", "BLANK"):
+        header.remove(key, ignore_missing=True)
+    mask = raw_mask.copy()
+    if saturation is not None:
+        sat = raw >= saturation
+        mask[sat] |= bits.SATURATED
+        provenance.add_step(header, "NSATUR", int(sat.sum()))
+
+    signal = raw.astype(np.float32, copy=True)
+    var_adu = np.zeros(raw.shape, np.float32)
+    if bias is not None:
+        signal -= bias.data
+        var_adu += bias.uncertainty**2
+        mask |= bias.mask & (bits.BAD | bits.NODATA)
+        provenance.add_step(header, "BIASCORR", bias.name)
+    else:
+        provenance.add_step(header, "BIASCORR", "skipped: no master bias")
+    # Poisson noise of everything the pixel collected (sky, stars, dark current).
+    var_e = np.float32(rn**2) + np.maximum(signal * np.float32(g), 0)
+    if dark is not None:
+        signal -= np.float32(dark_scale) * dark.data
+        var_adu += (np.float32(dark_scale) * dark.uncertainty) ** 2
+        mask |= dark.mask & (bits.BAD | bits.NODATA)
+        provenance.add_step(header, "DARKCORR", dark.name)
+        provenance.add_step(header, "DARKEXP", dark.exptime)
+        provenance.add_step(header, "DARKSCAL", round(float(dark_scale), 6))
+    else:
+        provenance.add_step(header, "DARKCORR", "skipped: no master dark")
+    data = signal * np.float32(g)
+    var = var_e + var_adu * np.float32(g * g)
+    if flat is not None:
+        data /= flat.data
+        var = var / flat.data**2 + (data * flat.uncertainty / flat.data) ** 2
+        mask |= flat.mask & (bits.BAD | bits.NODATA | bits.FLAT_LOW)
+        provenance.add_step(header, "FLATCORR", flat.name)
+    else:
+        provenance.add_step(header, "FLATCORR", "skipped: no master flat")
+    if gain is not None:
+        provenance.add_step(header, "GAINCORR", g)
+    unit = "electron" if gain is not None else "adu"
+    provenance.stamp(header, "CALIBRATED")
+    return (
+        data.astype(np.float32),
+        np.sqrt(var).astype(np.float32),
+        mask,
+        header,
+        unit,
+    )

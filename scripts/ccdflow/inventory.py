@@ -1,0 +1,475 @@
+"""Inventory of a raw directory: read headers, translate them, classify frames.
+
+Runs when the Snakefile is parsed, so it must be fast: headers are parsed without
+astropy for plain FITS files, and a cache keyed by (path, size, mtime) means a
+re-parse of an unchanged directory reads no file at all. Translation is pure
+configuration (DESIGN §4): keyword aliases in priority order, an IMAGETYP vocabulary,
+filename rules and per-file overrides, an exposure-time tolerance.
+
+A frame that cannot be used is never fatal: it goes to the rejected list with a
+reason code (``unreadable``, ``truncated``, ``no_image``, ``unknown_imagetyp``,
+``missing_keyword``, ``bad_value``, ``excluded``).
+"""
+
+__all__ = [
+    "FIELDS",
+    "Inventory",
+    "exposure_label",
+    "group_exposures",
+    "sanitize",
+    "scan",
+    "write_tsv",
+]
+
+import fnmatch
+import hashlib
+import math
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ccdflow.io import FrameError, quick_header
+
+#: Logical fields filled from headers (through keyword aliases) or configuration.
+FIELDS = (
+    "imagetyp",
+    "exptime",
+    "filter",
+    "object",
+    "date",
+    "xbinning",
+    "ybinning",
+    "gain",
+    "rdnoise",
+    "temperature",
+    "readout",
+    "saturation",
+)
+#: Types whose shutter is closed: FILTER means nothing for them.
+CLOSED_SHUTTER = ("bias", "dark")
+#: Columns of frames.tsv, in order.
+COLUMNS = (
+    "frame",
+    "path",
+    "imagetyp",
+    "exptime",
+    "expgroup",
+    "filter",
+    "filter_name",
+    "object",
+    "object_name",
+    "group",
+    "setup",
+    "date",
+    "ny",
+    "nx",
+    "xbinning",
+    "ybinning",
+    "gain",
+    "rdnoise",
+    "temperature",
+    "readout",
+    "saturation",
+    "datamax",
+    "hdu",
+    "size",
+    "fingerprint",
+)
+_CACHE_VERSION = 1
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+@dataclass
+class Inventory:
+    """Result of :func:`scan`: usable frames and rejected files, both sorted by path."""
+
+    frames: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
+
+    def of_type(self, imagetyp):
+        """Frames of one type (``'bias'``, ``'dark'``, ``'flat'``, ``'light'``)."""
+        return [f for f in self.frames if f["imagetyp"] == imagetyp]
+
+
+def sanitize(name):
+    """A string safe in file names: runs of characters outside ``[A-Za-z0-9._+-]`` -> ``_``.
+
+    ``"g'"`` -> ``'g_'``, ``'Johnson B'`` -> ``'Johnson_B'``; empty -> ``'none'``.
+    """
+    out = _SAFE.sub("_", str(name).strip()).strip("_")
+    return out or "none"
+
+
+def exposure_label(seconds):
+    """Short, stable label of an exposure time: three significant digits, no exponent.
+
+    >>> exposure_label(300.04), exposure_label(0.33), exposure_label(1234.0)
+    ('300', '0.33', '1230')
+    """
+    if seconds <= 0:
+        return "0"
+    digits = max(0, 2 - math.floor(math.log10(seconds)))
+    value = round(seconds, digits)
+    return f"{value:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{value:.0f}"
+
+
+def group_exposures(times, absolute=0.05, relative=0.001):
+    """Cluster exposure times that agree within a tolerance.
+
+    Sorted times start a new group when they exceed the group's first member by more
+    than ``max(absolute, relative * t)`` seconds, so 299.98, 300 and 300.1 are one
+    group while 60 and 120 are two.
+
+    Returns
+    -------
+    dict
+        exposure time -> group label (:func:`exposure_label` of the group median;
+        more digits are used if two groups would share a label).
+    """
+    ordered = sorted(set(times))
+    groups, current = [], []
+    for t in ordered:
+        if current and t - current[0] > max(absolute, relative * t):
+            groups.append(current)
+            current = []
+        current.append(t)
+    if current:
+        groups.append(current)
+    labels = {}
+    used = set()
+    for members in groups:
+        median = members[len(members) // 2]
+        label = exposure_label(median)
+        if label in used:
+            label = f"{median:.6g}"
+        used.add(label)
+        for t in members:
+            labels[t] = label
+    return labels
+
+
+def _walk(raw_dir, extensions, recursive):
+    """Relative paths of candidate files, sorted; hidden files and folders skipped."""
+    raw_dir = Path(raw_dir)
+    found = []
+    stack = [raw_dir]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    if recursive:
+                        stack.append(Path(entry.path))
+                elif entry.name.lower().endswith(extensions):
+                    st = entry.stat()
+                    rel = os.path.relpath(entry.path, raw_dir).replace(os.sep, "/")
+                    found.append((rel, st.st_size, st.st_mtime_ns))
+    return sorted(found)
+
+
+def _fingerprint(path):
+    """Content fingerprint (SHA-1 of the bytes): a re-copied file keeps it, an edit does not."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()[:16]
+
+
+def _load_cache(path):
+    try:
+        with open(path, "rb") as f:
+            cache = pickle.load(f)
+        if cache.get("version") == _CACHE_VERSION:
+            return cache["entries"]
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, AttributeError, TypeError):
+        pass
+    return {}
+
+
+def _save_cache(path, entries):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    with open(tmp, "wb") as f:
+        pickle.dump({"version": _CACHE_VERSION, "entries": entries}, f, protocol=5)
+    os.replace(tmp, path)
+
+
+def _read_entry(raw_dir, rel, size, mtime_ns):
+    """Header (or error) and fingerprint of one file: the expensive part, cached."""
+    path = Path(raw_dir) / rel
+    try:
+        header = quick_header(path)
+    except FrameError as exc:
+        return {"key": (size, mtime_ns), "error": (exc.reason, exc.detail)}
+    except OSError as exc:
+        return {"key": (size, mtime_ns), "error": ("unreadable", str(exc))}
+    keep = {k: v for k, v in header.items() if k not in ("HISTORY", "COMMENT", "")}
+    return {"key": (size, mtime_ns), "header": keep, "fingerprint": _fingerprint(path)}
+
+
+def _lookup(header, aliases):
+    """First alias present with a non-blank value: (keyword, value) or (None, None)."""
+    for key in aliases:
+        value = header.get(key)
+        if value is not None and not (isinstance(value, str) and not value.strip()):
+            return key, value
+    return None, None
+
+
+def _apply_rules(rel, values, rules, overrides):
+    """Filename rules (fill or override) and per-file overrides, in that order."""
+    name = rel.rsplit("/", 1)[-1]
+    for rule in rules:
+        pattern = rule.get("match", "*")
+        if not (fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel, pattern)):
+            continue
+        found = {}
+        if rule.get("regex"):
+            m = re.search(rule["regex"], name)
+            if m is None:
+                continue
+            found.update({k: v for k, v in m.groupdict().items() if v is not None})
+        found.update(rule.get("set", {}))
+        for key, value in found.items():
+            if rule.get("override", False) or values.get(key) in (None, ""):
+                values[key] = value
+    for pattern, fields in overrides.items():
+        if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(name, pattern):
+            values.update(fields)
+    return values
+
+
+def _number(value, what):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} = {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} = {value!r} is not finite")
+    return number
+
+
+def _classify(rel, entry, cfg):
+    """Translate one header into a frame record, or raise ValueError(reason, detail)."""
+    header = entry["header"]
+    values, source = {}, {}
+    for name in FIELDS:
+        key, value = _lookup(header, cfg["keywords"].get(name, []))
+        values[name], source[name] = value, key
+    values = _apply_rules(rel, values, cfg.get("filename_rules", []), cfg.get("overrides", {}))
+
+    raw_type = values["imagetyp"]
+    if raw_type in (None, ""):
+        aliases = "/".join(cfg["keywords"]["imagetyp"])
+        raise ValueError("missing_keyword", f"no {aliases} and no filename rule matched")
+    vocabulary = {
+        v.strip().lower(): canonical
+        for canonical, names in cfg["imagetyp_values"].items()
+        for v in [*names, canonical]
+    }
+    imagetyp = vocabulary.get(str(raw_type).strip().lower())
+    if imagetyp is None:
+        raise ValueError(
+            "unknown_imagetyp",
+            f"{source['imagetyp'] or 'rule'} = {raw_type!r} is not in the imagetyp_values"
+            " vocabulary (add it in config: inventory.imagetyp_values)",
+        )
+    try:
+        if values["exptime"] in (None, ""):
+            if imagetyp != "bias":
+                aliases = "/".join(cfg["keywords"]["exptime"])
+                raise ValueError("missing_keyword", f"{imagetyp} frame without {aliases}")
+            exptime = 0.0
+        else:
+            exptime = _number(values["exptime"], source["exptime"] or "exptime")
+            if exptime < 0:
+                raise ValueError("bad_value", f"negative exposure time {exptime}")
+        xbin = int(_number(values["xbinning"] or 1, "xbinning"))
+        ybin = int(_number(values["ybinning"] or 1, "ybinning"))
+        gain = None if values["gain"] in (None, "") else _number(values["gain"], "gain")
+        rdnoise = None if values["rdnoise"] in (None, "") else _number(values["rdnoise"], "rn")
+        sat = values["saturation"]
+        saturation = None if sat in (None, "") else _number(sat, "saturation")
+        temp = values["temperature"]
+        temperature = None if temp in (None, "") else _number(temp, "temperature")
+    except ValueError as exc:
+        if len(exc.args) == 2:
+            raise
+        raise ValueError("bad_value", str(exc)) from None
+
+    closed = imagetyp in CLOSED_SHUTTER
+    filt = "" if closed or values["filter"] is None else str(values["filter"]).strip()
+    obj = "" if imagetyp != "light" else str(values["object"] or "").strip()
+    ny, nx = header["_SHAPE"]
+    setup = f"{xbin}x{ybin}_{nx}x{ny}"
+    if values["readout"] not in (None, ""):
+        setup += f"_{sanitize(values['readout'])}"
+    return {
+        "path": rel,
+        "imagetyp": imagetyp,
+        "exptime": 0.0 if imagetyp == "bias" else exptime,
+        "filter_name": filt,
+        "object_name": obj or ("unknown" if imagetyp == "light" else ""),
+        "setup": setup,
+        "date": "" if values["date"] is None else str(values["date"]),
+        "ny": ny,
+        "nx": nx,
+        "xbinning": xbin,
+        "ybinning": ybin,
+        "gain": gain,
+        "rdnoise": rdnoise,
+        "temperature": temperature,
+        "readout": "" if values["readout"] is None else str(values["readout"]),
+        "saturation": saturation,
+        "datamax": _datamax(header),
+        "hdu": header["_HDU"],
+        "size": entry["key"][0],
+        "fingerprint": entry["fingerprint"],
+    }
+
+
+def _datamax(header):
+    """Largest value the raw data type can hold (ADU), or None for float data."""
+    bitpix = int(header.get("BITPIX", 0))
+    if bitpix <= 0:
+        return None
+    bzero = float(header.get("BZERO", 0) or 0)
+    bscale = float(header.get("BSCALE", 1) or 1)
+    top = 255 if bitpix == 8 else 2 ** (bitpix - 1) - 1
+    return float(top * bscale + bzero)
+
+
+def _unique_names(raw_names):
+    """raw value -> sanitised name, collisions ('a b' vs 'a_b') made unique."""
+    out, taken = {}, {}
+    for raw in sorted(set(raw_names)):
+        name = sanitize(raw) if raw else "none"
+        if name in taken and taken[name] != raw:
+            name = f"{name}-{hashlib.sha1(raw.encode()).hexdigest()[:4]}"
+        taken[name] = raw
+        out[raw] = name
+    return out
+
+
+def _frame_ids(paths):
+    """Relative path -> frame id (path without extension, '/' -> '__', sanitised)."""
+    ids, used = {}, set()
+    for rel in paths:
+        stem = rel
+        for ext in (".fz", ".gz", ".bz2"):
+            stem = stem.removesuffix(ext)
+        stem = re.sub(r"\.[^./]*$", "", stem)
+        base = sanitize(stem.replace("/", "__"))
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        ids[rel] = name
+    return ids
+
+
+def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup")):
+    """Inventory of ``raw_dir``.
+
+    Parameters
+    ----------
+    raw_dir : path-like
+        Directory of raw frames; read only, never written.
+    cfg : dict
+        The ``inventory`` section of the configuration (see ``config/config.yaml``).
+    cache_path : path-like, optional
+        Header cache; entries are reused while (size, mtime) of a file are unchanged.
+        Rewritten only when it changes.
+    grouping : sequence of str
+        Frame-table columns whose values define a light frame's stack group.
+
+    Returns
+    -------
+    Inventory
+    """
+    raw_dir = Path(raw_dir)
+    extensions = tuple(e.lower() for e in cfg["extensions"])
+    files = _walk(raw_dir, extensions, cfg.get("recursive", True))
+    cache = _load_cache(cache_path) if cache_path else {}
+    entries, changed = {}, False
+    for rel, size, mtime_ns in files:
+        entry = cache.get(rel)
+        if entry is None or entry["key"] != (size, mtime_ns):
+            entry = _read_entry(raw_dir, rel, size, mtime_ns)
+            changed = True
+        entries[rel] = entry
+    if cache_path and (changed or len(entries) != len(cache)):
+        _save_cache(cache_path, entries)
+
+    frames, rejected = [], []
+    excluded = cfg.get("exclude", [])
+    for rel, entry in entries.items():
+        if any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(Path(rel).name, p) for p in excluded):
+            rejected.append({"path": rel, "reason": "excluded", "detail": "inventory.exclude"})
+            continue
+        if "error" in entry:
+            reason, detail = entry["error"]
+            rejected.append({"path": rel, "reason": reason, "detail": detail})
+            continue
+        try:
+            frames.append(_classify(rel, entry, cfg))
+        except ValueError as exc:
+            reason, detail = exc.args if len(exc.args) == 2 else ("bad_value", str(exc))
+            rejected.append({"path": rel, "reason": reason, "detail": detail})
+
+    tol = cfg.get("exptime_tolerance", {})
+    by_setup = {}
+    for f in frames:
+        by_setup.setdefault(f["setup"], []).append(f)
+    for members in by_setup.values():
+        labels = group_exposures(
+            [f["exptime"] for f in members if f["imagetyp"] != "bias"],
+            absolute=tol.get("absolute", 0.05),
+            relative=tol.get("relative", 0.001),
+        )
+        for f in members:
+            f["expgroup"] = labels.get(f["exptime"], "0")
+    filters = _unique_names(f["filter_name"] for f in frames if f["filter_name"])
+    objects = _unique_names(f["object_name"] for f in frames if f["object_name"])
+    ids = _frame_ids([f["path"] for f in frames])
+    for f in frames:
+        f["frame"] = ids[f["path"]]
+        f["filter"] = filters.get(f["filter_name"], "") if f["filter_name"] else ""
+        if f["imagetyp"] in ("flat", "light") and not f["filter"]:
+            f["filter"] = "none"
+        f["object"] = objects.get(f["object_name"], "") if f["object_name"] else ""
+        f["group"] = "_".join(str(f[k]) for k in grouping) if f["imagetyp"] == "light" else ""
+    return Inventory(frames=frames, rejected=rejected)
+
+
+def _tsv_value(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value).replace("\t", " ").replace("\n", " ")
+
+
+def write_tsv(path, rows, columns):
+    """Write rows as a TSV table; the file is rewritten only if its content changes.
+
+    Returns True when the file was (re)written.
+    """
+    path = Path(path)
+    lines = ["\t".join(columns)]
+    lines += ["\t".join(_tsv_value(r.get(c)) for c in columns) for r in rows]
+    text = "\n".join(lines) + "\n"
+    try:
+        if path.read_text() == text:
+            return False
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return True

@@ -1,0 +1,89 @@
+"""Provenance keywords: every product says what made it and from what.
+
+All keyword names and their comments live here, so products stay consistent and a
+reader has one place to look them up.
+"""
+
+__all__ = ["KEYWORDS", "add_inputs", "add_step", "stamp"]
+
+import datetime as _dt
+import os
+
+from ccdflow import __version__
+
+#: keyword -> comment
+KEYWORDS = {
+    "PIPELINE": "software that made this file",
+    "PIPEVER": "ccdflow version",
+    "DATE-RED": "UTC time this file was made",
+    "PRODTYPE": "product type",
+    "NCOMBINE": "number of frames combined",
+    "COMBMETH": "combine method",
+    "CLIPLOW": "lower clipping threshold (sigma)",
+    "CLIPHIGH": "upper clipping threshold (sigma)",
+    "CLIPSIG": "spread estimator used for clipping",
+    "CLIPITER": "maximum clipping iterations",
+    "SCALEMTH": "per-frame scaling before combining",
+    "BIASCORR": "master bias subtracted (file name)",
+    "DARKCORR": "master dark subtracted (file name)",
+    "DARKSCAL": "scale applied to the master dark",
+    "DARKEXP": "exposure time of the master dark (s)",
+    "FLATCORR": "master flat divided (file name)",
+    "OVSCCORR": "overscan level subtracted",
+    "TRIMSEC": "section kept from the raw frame (FITS, 1-based)",
+    "GAINCORR": "converted to electrons with this gain (e-/ADU)",
+    "RAWFILE": "raw frame this product was made from",
+    "RAWSHA": "content fingerprint of the raw frame",
+    "FLATNORM": "normalisation of the flat (median central region)",
+    "FLATFLOO": "flat values below this were masked and set to 1",
+    "NFLATLOW": "pixels below the flat floor",
+    "NSATUR": "pixels flagged saturated",
+}
+
+
+def _set(header, key, value, comment):
+    """Set a card, shortening the comment so the card fits in 80 characters."""
+    text = f"'{value}'" if isinstance(value, str) else str(value)
+    room = 80 - 10 - max(20, len(text)) - 3
+    header[key] = (value, comment[: max(room, 0)])
+
+
+def stamp(header, prodtype):
+    """Write the pipeline, version, time and product type into ``header`` (in place).
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        Header of a product being made (owned by the caller; never a raw header).
+    prodtype : str
+        E.g. ``'MASTER_BIAS'``, ``'CALIBRATED'``.
+    """
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    for key, value in (
+        ("PIPELINE", "ccdflow"),
+        ("PIPEVER", __version__),
+        ("DATE-RED", now),
+        ("PRODTYPE", prodtype),
+    ):
+        _set(header, key, value, KEYWORDS[key])
+    return header
+
+
+def add_step(header, key, value):
+    """Record one processing step (a keyword of ``KEYWORDS``) in ``header`` (in place)."""
+    _set(header, key, value, KEYWORDS[key])
+    # Steps also go to HISTORY so that a plain FITS viewer shows the sequence.
+    header.add_history(f"ccdflow {__version__}: {key} = {value}")
+    return header
+
+
+def add_inputs(header, paths, prefix="IMCMB"):
+    """List combined inputs as ``IMCMB001 = 'file.fits'`` cards (IRAF convention)."""
+    header["NCOMBINE"] = (len(paths), KEYWORDS["NCOMBINE"])
+    for i, path in enumerate(paths, start=1):
+        name = os.path.basename(str(path))
+        if i <= 999:  # an 8-character keyword holds 3 digits; the rest go to HISTORY
+            _set(header, f"{prefix}{i:03d}", name, "input frame")
+        else:
+            header.add_history(f"input {i}: {name}")
+    return header

@@ -1,0 +1,18 @@
+"""Rule make_master_flat: Combine bias- and dark-corrected flats of one filter into a normalised master flat."""
+
+from ccdflow.tasks import make_master_file, setup_logging
+
+setup_logging(snakemake.log[0])
+make_master_file(
+    "flat",
+    frames=snakemake.params.frames,
+    output=snakemake.output.master,
+    combine=snakemake.params.combine,
+    bias=snakemake.input.get("bias"),
+    dark=snakemake.input.get("dark"),
+    dark_scales=snakemake.params.dark_scales,
+    saturation=snakemake.params.saturation,
+    mem_limit_mb=snakemake.resources.mem_mb,
+    flat_floor=snakemake.params.floor,
+    fingerprints=snakemake.params.fingerprints,
+)

@@ -1,0 +1,49 @@
+"""Shared test helpers: run real Snakemake in a temp dir, locate ../shared/data."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+M51 = SHARED_DATA / "phy241-m51"
+
+
+def snakemake(workdir, *args, config=None, configfiles=(), check=True):
+    """Run the ccdflow workflow with real Snakemake in ``workdir``; return the process.
+
+    ``config`` is a dict of ``--config`` overrides; ``configfiles`` are layered on top
+    of config/config.yaml.
+    """
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    cmd += ["--directory", str(workdir), "--cores", "2", *args]
+    for cf in configfiles:
+        cmd += ["--configfile", str(cf)]
+    if config:
+        cmd += ["--config", *(f"{k}={v}" for k, v in config.items())]
+    env = dict(os.environ)
+    env.pop("SNAKEMAKE_PROFILE", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def read_tsv(path):
+    """Rows of a TSV written by ccdflow as dicts of strings."""
+    lines = Path(path).read_text().splitlines()
+    head = lines[0].split("\t")
+    return [dict(zip(head, line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+@pytest.fixture(scope="session")
+def m51_dir():
+    """The real PHY241 M51 night; skipped with a clear message when ../shared is absent."""
+    if not M51.is_dir():
+        pytest.skip(f"real data not found at {M51} (../shared/data beside the repository)")
+    return M51

@@ -1,0 +1,148 @@
+# Shared set-up: config validation, the inventory of raw_dir (parse time, cached), the
+# calibration plan, wildcard constraints and input functions. No rules here; the logic
+# lives in scripts/ccdflow.
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+
+import ccdflow
+from ccdflow import inventory as ccd_inventory
+from ccdflow import plan as ccd_plan
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+VERSION = ccdflow.__version__
+RAW_DIR = Path(config["raw_dir"]).expanduser() if config["raw_dir"] else None
+if RAW_DIR is None or not RAW_DIR.is_dir():
+    raise WorkflowError(
+        f"raw_dir {config['raw_dir']!r} is not a directory. Point ccdflow at your frames: "
+        "snakemake --cores all --config raw_dir=/path/to/night"
+    )
+INVENTORY = ccd_inventory.scan(
+    RAW_DIR,
+    config["inventory"],
+    cache_path="results/index/header_cache.pkl",
+    grouping=config["group_by"],
+)
+ccd_inventory.write_tsv(
+    "results/index/frames.tsv", INVENTORY.frames, ccd_inventory.COLUMNS
+)
+ccd_inventory.write_tsv(
+    "results/index/rejected.tsv", INVENTORY.rejected, ("path", "reason", "detail")
+)
+if not INVENTORY.frames:
+    raise WorkflowError(
+        f"no usable frames in {RAW_DIR} ({len(INVENTORY.rejected)} rejected, see "
+        "results/index/rejected.tsv); check inventory.extensions and the keywords"
+    )
+try:
+    PLAN = ccd_plan.make_plan(INVENTORY, config["calibration"])
+except ccd_plan.PlanError as exc:
+    raise WorkflowError(str(exc)) from None
+for _message in PLAN.warnings:
+    print(f"ccdflow: {_message}", file=sys.stderr)
+for _r in INVENTORY.rejected:
+    print(f"ccdflow: skipped {_r['path']}: {_r['reason']} {_r['detail']}", file=sys.stderr)
+
+
+wildcard_constraints:
+    setup=r"\d+x\d+_\d+x\d+(_[A-Za-z0-9.+-]+)?",
+    exptime=r"[0-9.]+",
+    filter=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
+    frame=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
+
+
+def _master(kind, wildcards):
+    name = {
+        "bias": "bias_{setup}",
+        "dark": "dark_{setup}_{exptime}s",
+        "flat": "flat_{setup}_{filter}",
+    }[kind].format(**wildcards)
+    try:
+        return PLAN.masters[name]
+    except KeyError:
+        raise WorkflowError(f"no master {name} in the plan of {RAW_DIR}") from None
+
+
+def _master_path(name):
+    return PLAN.masters[name].path if name else None
+
+
+def master_inputs(kind):
+    """Input function of make_master_{kind}: raw frames and the masters it subtracts."""
+
+    def inputs(wildcards):
+        spec = _master(kind, wildcards)
+        out = {"raw": ancient([str(RAW_DIR / f["path"]) for f in spec.frames])}
+        if spec.bias:
+            out["bias"] = _master_path(spec.bias)
+        if spec.dark:
+            out["dark"] = _master_path(spec.dark)
+        return out
+
+    return inputs
+
+
+def master_params(kind):
+    """Parameters of make_master_{kind} that decide its result (rerun trigger)."""
+
+    def frames(wildcards):
+        spec = _master(kind, wildcards)
+        return [[str(RAW_DIR / f["path"]), f["hdu"]] for f in spec.frames]
+
+    def fingerprints(wildcards):
+        return [f["fingerprint"] for f in _master(kind, wildcards).frames]
+
+    def dark_scales(wildcards):
+        return _master(kind, wildcards).dark_scales or None
+
+    def saturation(wildcards):
+        record = _master(kind, wildcards).frames[0]
+        return ccd_plan.detector(record, config["detector"])["saturation"]
+
+    return {
+        "frames": frames,
+        "fingerprints": fingerprints,
+        "dark_scales": dark_scales,
+        "saturation": saturation,
+    }
+
+
+def _light(wildcards):
+    try:
+        return PLAN.lights[wildcards.frame]
+    except KeyError:
+        raise WorkflowError(f"{wildcards.frame} is not a light frame of {RAW_DIR}") from None
+
+
+def calibrate_inputs(wildcards):
+    """Input function of calibrate_frame: the raw frame and the masters it uses."""
+    row = _light(wildcards)
+    out = {"raw": ancient(str(RAW_DIR / row["record"]["path"]))}
+    for kind in ("bias", "dark", "flat"):
+        if row[kind]:
+            out[kind] = _master_path(row[kind])
+    return out
+
+
+def calibrate_params(wildcards):
+    """Everything else calibrate_frame needs, from the plan and the config."""
+    row = _light(wildcards)
+    record = row["record"]
+    return {
+        "hdu": record["hdu"],
+        "dark_scale": row["dark_scale"],
+        "fingerprint": record["fingerprint"],
+        **ccd_plan.detector(record, config["detector"]),
+    }
+
+
+def final_outputs():
+    """Every product of a full run."""
+    masters = [m.path for m in PLAN.masters.values()]
+    frames = [f"results/calibrated/{frame}.fits" for frame in sorted(PLAN.lights)]
+    return masters + frames

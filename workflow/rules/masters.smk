@@ -1,0 +1,59 @@
+# Master calibration frames: bias, darks per exposure group, flats per filter.
+
+
+rule make_master_bias:
+    input:
+        unpack(master_inputs("bias")),
+    output:
+        master="results/masters/bias_{setup}.fits",
+    params:
+        **master_params("bias"),
+        combine=config["combine"]["bias"],
+        version=VERSION,
+    log:
+        "logs/make_master_bias/{setup}.log",
+    benchmark:
+        "benchmarks/make_master_bias/{setup}.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../../scripts/make_master_bias.py"
+
+
+rule make_master_dark:
+    input:
+        unpack(master_inputs("dark")),
+    output:
+        master="results/masters/dark_{setup}_{exptime}s.fits",
+    params:
+        **master_params("dark"),
+        combine=config["combine"]["dark"],
+        version=VERSION,
+    log:
+        "logs/make_master_dark/{setup}_{exptime}s.log",
+    benchmark:
+        "benchmarks/make_master_dark/{setup}_{exptime}s.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../../scripts/make_master_dark.py"
+
+
+rule make_master_flat:
+    input:
+        unpack(master_inputs("flat")),
+    output:
+        master="results/masters/flat_{setup}_{filter}.fits",
+    params:
+        **master_params("flat"),
+        combine=config["combine"]["flat"],
+        floor=config["calibration"]["flat_floor"],
+        version=VERSION,
+    log:
+        "logs/make_master_flat/{setup}_{filter}.log",
+    benchmark:
+        "benchmarks/make_master_flat/{setup}_{filter}.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../../scripts/make_master_flat.py"
