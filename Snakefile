@@ -14,6 +14,6 @@ include: "workflow/rules/calibrate.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

@@ -1,4 +1,4 @@
-"""Rule make_master_bias: Combine raw bias frames into a master bias (ADU)."""
+"""Rule make_master_bias: master bias (ADU) from raw bias frames."""
 
 from ccdflow.tasks import make_master_file, setup_logging
 

@@ -1,4 +1,4 @@
-"""Rule make_master_dark: Combine bias-subtracted raw darks of one exposure group into a master dark (ADU)."""
+"""Rule make_master_dark: master dark (ADU) of one exposure group from bias-subtracted darks."""
 
 from ccdflow.tasks import make_master_file, setup_logging
 

@@ -1,4 +1,4 @@
-"""Rule make_master_flat: Combine bias- and dark-corrected flats of one filter into a normalised master flat."""
+"""Rule make_master_flat: normalised master flat of one filter from corrected flats."""
 
 from ccdflow.tasks import make_master_file, setup_logging
 

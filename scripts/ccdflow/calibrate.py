@@ -49,14 +49,16 @@ def central_region(shape, fraction=0.5):
     return slice(my, ny - my), slice(mx, nx - mx)
 
 
+#: FITS BITPIX -> numpy dtype of the data on disk (big-endian).
+_FITS_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
 class _RowReader:
     """Rows of one raw frame, read lazily from a memory map (each byte read once).
 
     Plain FITS images are mapped directly (big-endian integers or floats, BSCALE/BZERO
     applied per band, BLANK -> NaN); compressed ones are decoded whole by astropy.
     """
-
-    _DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
     def __init__(self, path, hdu):
         from astropy.io import fits
@@ -72,7 +74,7 @@ class _RowReader:
         if self._whole is None:
             bitpix = int(self.header["BITPIX"])
             self._map = np.memmap(
-                path, dtype=self._DTYPES[bitpix], mode="r", offset=offset, shape=self.shape
+                path, dtype=_FITS_DTYPES[bitpix], mode="r", offset=offset, shape=self.shape
             )
             self._bscale = float(self.header.get("BSCALE", 1.0))
             self._bzero = float(self.header.get("BZERO", 0.0))
@@ -215,7 +217,7 @@ def make_master(
     if combine["method"].startswith("sigma_clip"):
         provenance.add_step(header, "CLIPLOW", combine.get("sigma_low", 3.0))
         provenance.add_step(header, "CLIPHIGH", combine.get("sigma_high", 3.0))
-        provenance.add_step(header, "CLIPSIG", combine.get("spread", "mad_std"))
+        provenance.add_step(header, "CLIPSIG", combine.get("spread", "winsorized"))
         provenance.add_step(header, "CLIPITER", combine.get("maxiters", 5))
     if bias is not None:
         provenance.add_step(header, "BIASCORR", bias.name)

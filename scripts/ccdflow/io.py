@@ -238,9 +238,7 @@ def ccd_hdulist(data, header, uncertainty=None, mask=None, unit=None):
         mh = fits.Header()
         for key, value, comment in bits.header_cards():
             mh[key] = (value, comment)
-        hdus.append(
-            fits.ImageHDU(np.asarray(mask, dtype=bits.MASK_DTYPE), header=mh, name="MASK")
-        )
+        hdus.append(fits.ImageHDU(np.asarray(mask, dtype=bits.MASK_DTYPE), header=mh, name="MASK"))
     return fits.HDUList(hdus)
 
 

@@ -34,19 +34,31 @@ def _raw(path):
 
 
 def _clip(stack, bad, final):
-    """Reference sigma clip: median centre, MAD std, 3 sigma, up to 5 passes."""
+    """Reference sigma clip: median centre, winsorized spread, 3 sigma, up to 5 passes."""
     values = np.where(bad, np.nan, stack)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # pixels with every value masked
         for _ in range(5):
             centre = np.nanmedian(values, axis=0)
-            spread = np.float32(1.482602218505602) * np.nanmedian(np.abs(values - centre), axis=0)
+            spread = _winsorized(values, centre)
             out = np.abs(values - centre) > np.float32(3) * spread
             if not out.any():
                 break
             values = np.where(out, np.nan, values)
         combined = final(values, axis=0)
     return np.where(np.isfinite(combined), combined, np.float32(0))
+
+
+def _winsorized(values, centre):
+    """Spread: MAD start (sample std where it is 0), then 5 rounds of clamping to
+    centre +- 1.5 sigma and 1.134 x the standard deviation of the clamped values."""
+    mad = np.float32(1.482602218505602) * np.nanmedian(np.abs(values - centre), axis=0)
+    sigma = np.where(mad > 0, mad, np.nanstd(values, axis=0, ddof=1))
+    for _ in range(5):
+        clamped = np.clip(values, centre - 1.5 * sigma, centre + 1.5 * sigma)
+        new = np.float32(1.134) * np.nanstd(clamped, axis=0, ddof=1)
+        sigma = np.where(new > 0, new, sigma)
+    return sigma
 
 
 def _reference(m51_dir):
@@ -72,7 +84,9 @@ def _reference(m51_dir):
     for i in range(1, 19):
         raw, header = _raw(m51_dir / f"M51_I_{i:03d}.fit")
         assert header["EXPTIME"] == 200.0
-        lights[f"M51_I_{i:03d}"] = (raw - bias - dark * np.float32(200 / t_dark)) * np.float32(GAIN) / flat
+        lights[f"M51_I_{i:03d}"] = (
+            (raw - bias - dark * np.float32(200 / t_dark)) * np.float32(GAIN) / flat
+        )
     return bias, dark, flat, lights
 
 

@@ -6,12 +6,14 @@ rule calibrate_frame:
         unpack(calibrate_inputs),
     output:
         frame="results/calibrated/{frame}.fits",
+    log:
+        "logs/calibrate_frame/{frame}.log",
+    conda:
+        "../../envs/ccdflow.yaml"
+    resources:
+        mem_mb=500,
     params:
         calibration=calibrate_params,
         version=VERSION,
-    log:
-        "logs/calibrate_frame/{frame}.log",
-    resources:
-        mem_mb=500,
     script:
         "../../scripts/calibrate_frame.py"

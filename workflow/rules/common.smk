@@ -28,9 +28,7 @@ INVENTORY = ccd_inventory.scan(
     cache_path="results/index/header_cache.pkl",
     grouping=config["group_by"],
 )
-ccd_inventory.write_tsv(
-    "results/index/frames.tsv", INVENTORY.frames, ccd_inventory.COLUMNS
-)
+ccd_inventory.write_tsv("results/index/frames.tsv", INVENTORY.frames, ccd_inventory.COLUMNS)
 ccd_inventory.write_tsv(
     "results/index/rejected.tsv", INVENTORY.rejected, ("path", "reason", "detail")
 )

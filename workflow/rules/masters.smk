@@ -6,16 +6,18 @@ rule make_master_bias:
         unpack(master_inputs("bias")),
     output:
         master="results/masters/bias_{setup}.fits",
-    params:
-        **master_params("bias"),
-        combine=config["combine"]["bias"],
-        version=VERSION,
     log:
         "logs/make_master_bias/{setup}.log",
     benchmark:
         "benchmarks/make_master_bias/{setup}.tsv"
+    conda:
+        "../../envs/ccdflow.yaml"
     resources:
         mem_mb=2000,
+    params:
+        **master_params("bias"),
+        combine=config["combine"]["bias"],
+        version=VERSION,
     script:
         "../../scripts/make_master_bias.py"
 
@@ -25,16 +27,18 @@ rule make_master_dark:
         unpack(master_inputs("dark")),
     output:
         master="results/masters/dark_{setup}_{exptime}s.fits",
-    params:
-        **master_params("dark"),
-        combine=config["combine"]["dark"],
-        version=VERSION,
     log:
         "logs/make_master_dark/{setup}_{exptime}s.log",
     benchmark:
         "benchmarks/make_master_dark/{setup}_{exptime}s.tsv"
+    conda:
+        "../../envs/ccdflow.yaml"
     resources:
         mem_mb=2000,
+    params:
+        **master_params("dark"),
+        combine=config["combine"]["dark"],
+        version=VERSION,
     script:
         "../../scripts/make_master_dark.py"
 
@@ -44,16 +48,18 @@ rule make_master_flat:
         unpack(master_inputs("flat")),
     output:
         master="results/masters/flat_{setup}_{filter}.fits",
+    log:
+        "logs/make_master_flat/{setup}_{filter}.log",
+    benchmark:
+        "benchmarks/make_master_flat/{setup}_{filter}.tsv"
+    conda:
+        "../../envs/ccdflow.yaml"
+    resources:
+        mem_mb=2000,
     params:
         **master_params("flat"),
         combine=config["combine"]["flat"],
         floor=config["calibration"]["flat_floor"],
         version=VERSION,
-    log:
-        "logs/make_master_flat/{setup}_{filter}.log",
-    benchmark:
-        "benchmarks/make_master_flat/{setup}_{filter}.tsv"
-    resources:
-        mem_mb=2000,
     script:
         "../../scripts/make_master_flat.py"

@@ -1,0 +1,539 @@
+"""Synthetic "demo night" with known truth: raw CCD frames plus everything that made them.
+
+``make_night(outdir)`` writes ``outdir/raw/*.fits`` (bias, darks, twilight flats and dithered
+light frames with MaxIm-DL-like headers) and ``outdir/truth/`` (what the pipeline should recover).
+Same seed and spec give byte-identical raw files: one ``numpy.random.Generator`` is drawn in a
+fixed order (bias pattern, dark rate, flats, stars, night plan, then each frame in file order:
+cosmic rays, Poisson, read noise), and DATE-OBS comes from ``NightSpec.start``, not the clock.
+
+Geometry
+--------
+The reference sky frame has pixel coordinates (x, y), 0-based, pixel centres at integers, x
+along a row (FITS NAXIS1). A light frame with dither (dx, dy, rot_deg) sees a star at reference
+position p at ``p' = R(rot) @ (p - c) + c + (dx, dy)``, ``c = ((nx - 1) / 2, (ny - 1) / 2)``,
+``R = [[cos, -sin], [sin, cos]]`` acting on (x, y) (counter-clockwise for rot_deg > 0).
+
+Image model (electrons per pixel, exposure t in s)
+--------------------------------------------------
+light ``S = flat * (sky * t + stars * t) + dark_rate * t``; flat ``S = flat * level_e +
+dark_rate * t``; dark ``S = dark_rate * t``; bias ``S = 0``. Then ``raw = clip(rint((Poisson(S) +
+cosmics + N(0, read_noise)) / gain + bias), 0, saturation)`` as uint16 (BITPIX 16, BZERO 32768),
+with ``bias = bias_level + pattern`` in ADU. Cosmic rays hit lights and darks only. Stars are
+pixel-integrated Gaussians (erf), so star fluxes are in e-/s *before* the flat (what a
+flat-fielded frame measures). Closed-shutter frames carry ``FILTER = closed_filter``.
+
+Truth (``outdir/truth/``)
+-------------------------
+``truth.json`` (seed, version, spec, file names, one entry per raw frame), ``bias.fits`` (ADU),
+``dark_rate.fits`` (e-/s), ``flat_<filter>.fits`` (median of the central half in each axis = 1),
+``stars.ecsv`` (id = row, x, y, flux_<filter> in e-/s) and ``cosmics/<stem>.fits`` (uint8, 1 where
+a cosmic ray deposited charge). Lights also list ``saturated_star_ids``: stars whose nearest pixel
+reaches ``saturation`` in the noiseless frame.
+"""
+
+__all__ = [
+    "PRESETS",
+    "NightSpec",
+    "expected_electrons",
+    "load_truth",
+    "main",
+    "make_night",
+    "render_stars",
+    "transform_positions",
+]
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from scipy.special import erf
+
+from ccdflow import __version__
+
+_IMAGETYP = dict(bias="Bias Frame", dark="Dark Frame", flat="Flat Field", light="Light Frame")
+_READOUT_S = 10.0  # s between the end of one exposure and the start of the next
+_STAMP_FWHM = 4.0  # star stamps extend this many FWHM either side of the centre
+
+
+@dataclasses.dataclass(frozen=True)
+class NightSpec:
+    """Parameters of a synthetic night (defaults: the "demo" preset).
+
+    Units: ADU for ``bias_*``, ``flat_level`` and ``saturation``; electrons (e-) for
+    ``read_noise`` and ``cosmic_charge`` (per pixel); e-/s/px for ``dark_current``,
+    ``hot_pixel_rate`` and ``sky``; e-/s total for ``star_flux``; seconds for exposure times;
+    pixels for ``shape`` (ny, nx), ``fwhm`` and ``max_shift``; cosmic-ray events / s / 1e4 px.
+    ``sky`` and ``colour`` map filter -> value (pairs). Star fluxes follow dN/dF ~
+    F**-star_flux_index (index != 1) in ``filters[0]``; other filters get ``colour`` times a
+    per-star factor U(1 - colour_spread, 1 + colour_spread). Ranges are (low, high), inclusive.
+    Non-hot pixels have exactly ``dark_current``; hot ones are log-uniform in ``hot_pixel_rate``.
+    """
+
+    shape: tuple[int, int] = (512, 512)
+    gain: float = 1.5
+    read_noise: float = 6.0
+    bias_level: float = 1000.0
+    bias_pattern_amp: float = 8.0
+    dark_current: float = 0.05
+    hot_pixel_fraction: float = 0.002
+    hot_pixel_rate: tuple[float, float] = (2.0, 40.0)
+    saturation: int = 65535
+    ccd_temp: float = -20.0
+    n_bias: int = 7
+    n_darks: int = 5
+    dark_exptimes: tuple[float, ...] = (300.0,)
+    filters: tuple[str, ...] = ("V", "R")
+    closed_filter: str = "V"
+    n_flats: int = 5
+    flat_exptime: float = 2.0
+    flat_level: float = 20000.0
+    flat_level_spread: float = 0.2
+    vignetting: tuple[float, float] = (0.10, 0.15)
+    n_dust: tuple[int, int] = (2, 4)
+    dust_depth: tuple[float, float] = (0.05, 0.15)
+    prnu: float = 0.01
+    light_exptimes: tuple[float, ...] = (60.0, 120.0)
+    n_lights: int = 3
+    object: str = "M13demo"
+    sky: tuple[tuple[str, float], ...] = (("V", 2.0), ("R", 3.5))
+    colour: tuple[tuple[str, float], ...] = (("V", 1.0), ("R", 1.2))
+    colour_spread: float = 0.15
+    n_stars: int = 300
+    fwhm: float = 3.0
+    star_flux: tuple[float, float] = (50.0, 2.0e5)
+    star_flux_index: float = 1.7
+    max_shift: float = 8.0
+    max_rot_deg: float = 0.3
+    cosmic_rate: float = 0.03
+    cosmic_length: tuple[int, int] = (1, 6)
+    cosmic_charge: tuple[float, float] = (300.0, 5000.0)
+    start: str = "2024-03-15T17:30:00.000"
+
+    def __post_init__(self):
+        # Accept lists (JSON, CLI) wherever a tuple is expected, so specs round-trip.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list | tuple):
+                value = tuple(tuple(v) if isinstance(v, list | tuple) else v for v in value)
+                object.__setattr__(self, f.name, value)
+        for name in ("sky", "colour"):
+            missing = set(self.filters) - dict(getattr(self, name)).keys()
+            if missing:
+                raise ValueError(f"NightSpec.{name} has no value for filter(s) {sorted(missing)}")
+
+
+#: Named starting points for `make_night`; "demo" is the `NightSpec` defaults.
+PRESETS = {
+    "test": NightSpec(shape=(96, 128), n_bias=5, n_lights=2, n_stars=60, hot_pixel_fraction=1e-3),
+    "demo": NightSpec(),
+    "benchmark": NightSpec(
+        shape=(2048, 2048),
+        n_bias=10,
+        n_darks=10,
+        dark_exptimes=(60.0,),
+        n_flats=10,
+        light_exptimes=(60.0,),
+        n_lights=8,
+        n_stars=600,
+    ),
+}
+
+
+def transform_positions(x, y, *, dx, dy, rot_deg, shape):
+    """Map reference-frame positions into a dithered frame (see the module docstring).
+
+    Parameters
+    ----------
+    x, y : array_like
+        Positions in the reference sky frame (px, 0-based).
+    dx, dy : float
+        Shift of the frame (px).
+    rot_deg : float
+        Counter-clockwise rotation about the chip centre (degrees).
+    shape : tuple of int
+        (ny, nx) of the chip.
+
+    Returns
+    -------
+    xp, yp : ndarray
+        Positions in the frame (px).
+    """
+    cx, cy = (shape[1] - 1) / 2, (shape[0] - 1) / 2
+    a = math.radians(rot_deg)
+    u, v = np.asarray(x, float) - cx, np.asarray(y, float) - cy
+    return math.cos(a) * u - math.sin(a) * v + cx + dx, math.sin(a) * u + math.cos(a) * v + cy + dy
+
+
+def render_stars(shape, x, y, flux, fwhm):
+    """Noiseless image of Gaussian stars, integrated over each pixel (exact, via erf).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (ny, nx) of the image.
+    x, y : array_like
+        Star centres (px, 0-based, pixel centres at integers).
+    flux : array_like
+        Total flux of each star (any unit, e.g. e-/s); the image sums to it within 1e-6
+        for stars at least ``4 * fwhm`` from the edges.
+    fwhm : float
+        Full width at half maximum of the PSF (px).
+
+    Returns
+    -------
+    ndarray
+        float64 image in the unit of ``flux`` per pixel.
+    """
+    ny, nx = shape
+    x, y, flux = (np.atleast_1d(np.asarray(a, float)) for a in (x, y, flux))
+    h = math.ceil(_STAMP_FWHM * fwhm)
+    scale = fwhm / math.sqrt(4 * math.log(2))  # sqrt(2) * sigma
+    offsets = np.arange(-h, h + 1)
+    edges = np.arange(-h - 0.5, h + 1.0)
+
+    def profile(centre):
+        # Pixel indices of each stamp and the fraction of the flux falling in each.
+        near = np.rint(centre)[:, None]
+        frac = 0.5 * np.diff(erf((near + edges - centre[:, None]) / scale), axis=1)
+        return (near + offsets).astype(np.int64), frac
+
+    ix, px = profile(x)
+    iy, py = profile(y)
+    weight = flux[:, None, None] * py[:, :, None] * px[:, None, :]
+    inside = ((iy >= 0) & (iy < ny))[:, :, None] & ((ix >= 0) & (ix < nx))[:, None, :]
+    index = iy[:, :, None] * nx + ix[:, None, :]
+    return np.bincount(index[inside], weight[inside], minlength=ny * nx).reshape(ny, nx)
+
+
+def expected_electrons(truth, frame):
+    """Noiseless electrons per pixel ``S`` of one frame (no cosmic rays, no bias).
+
+    Parameters
+    ----------
+    truth : dict
+        As returned by `make_night` or `load_truth`.
+    frame : dict or str
+        An entry of ``truth["frames"]`` or its ``file`` name.
+
+    Returns
+    -------
+    ndarray
+        float64 image (e-).
+    """
+    if isinstance(frame, str):
+        frame = next(f for f in truth["frames"] if f["file"] == frame)
+    spec, t = truth["spec"], frame["exptime"]
+    dark = truth["dark_rate"].astype(np.float64) * t
+    if frame["type"] == "bias":
+        return np.zeros_like(dark)
+    if frame["type"] == "dark":
+        return dark
+    flat = truth["flat"][frame["filter"]].astype(np.float64)
+    if frame["type"] == "flat":
+        return flat * frame["level_e"] + dark
+    shape, stars = tuple(spec["shape"]), truth["stars"]
+    xy = _frame_xy(stars, frame, shape)
+    img = render_stars(shape, *xy, stars[f"flux_{frame['filter']}"], spec["fwhm"])
+    return flat * (frame["sky_e_per_s"] + img) * t + dark
+
+
+def _frame_xy(stars, frame, shape):
+    dither = {k: frame[k] for k in ("dx", "dy", "rot_deg")}
+    return transform_positions(stars["x"], stars["y"], shape=shape, **dither)
+
+
+def _safe(name):
+    return re.sub(r"[^A-Za-z0-9.+-]", "-", str(name))
+
+
+def _exp_label(t):
+    return f"{int(t):03d}s" if float(t).is_integer() else f"{t:07.3f}".rstrip("0") + "s"
+
+
+def _detector(spec, rng):
+    """Bias (ADU, level + column offsets + gradient) and dark rate (e-/s, with hot pixels)."""
+    ny, nx = spec.shape
+    cols = 0.5 * rng.standard_normal(nx)
+    gx, gy = rng.uniform(-0.5, 0.5, 2)
+    ramp_x, ramp_y = np.linspace(-1, 1, nx)[None, :], np.linspace(-1, 1, ny)[:, None]
+    pattern = spec.bias_pattern_amp * (cols[None, :] + gx * ramp_x + gy * ramp_y)
+    bias = (spec.bias_level + pattern).astype(np.float32)
+    dark = np.full(ny * nx, spec.dark_current)
+    hot = rng.choice(ny * nx, round(spec.hot_pixel_fraction * ny * nx), replace=False)
+    dark[hot] = np.exp(rng.uniform(*np.log(spec.hot_pixel_rate), hot.size))
+    return bias, dark.reshape(ny, nx).astype(np.float32)
+
+
+def _flats(spec, rng):
+    """Per-filter flats: vignetting x dust donuts x shared PRNU, central median = 1."""
+    ny, nx = spec.shape
+    y, x = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    prnu = 1 + spec.prnu * rng.standard_normal((ny, nx))
+    out = {}
+    for name in spec.filters:
+        cx = (nx - 1) / 2 + rng.uniform(-0.05, 0.05) * nx  # optical axis near the centre
+        cy = (ny - 1) / 2 + rng.uniform(-0.05, 0.05) * ny
+        r2 = ((x - cx) ** 2 + (y - cy) ** 2) / ((nx / 2) ** 2 + (ny / 2) ** 2)
+        flat = (1 - rng.uniform(*spec.vignetting) * r2) * prnu
+        for _ in range(rng.integers(spec.n_dust[0], spec.n_dust[1] + 1)):
+            dx, dy = rng.uniform(0, nx), rng.uniform(0, ny)
+            radius = rng.uniform(0.03, 0.08) * min(ny, nx)
+            width, depth = max(0.25 * radius, 1.0), rng.uniform(*spec.dust_depth)
+            r = np.hypot(x - dx, y - dy)
+            flat *= 1 - depth * np.exp(-0.5 * ((r - radius) / width) ** 2)
+        centre = flat[ny // 4 : 3 * ny // 4, nx // 4 : 3 * nx // 4]
+        out[name] = (flat / np.median(centre)).astype(np.float32)
+    return out
+
+
+def _stars(spec, rng):
+    """Star table in the reference frame, with a margin so dithered stars stay on chip."""
+    ny, nx = spec.shape
+    margin = spec.max_shift + math.radians(spec.max_rot_deg) * math.hypot(nx, ny) / 2
+    margin = min(margin + 2 * spec.fwhm, min(ny, nx) / 4)
+    x = rng.uniform(margin, nx - 1 - margin, spec.n_stars)
+    y = rng.uniform(margin, ny - 1 - margin, spec.n_stars)
+    p = 1 - spec.star_flux_index
+    lo, hi = np.asarray(spec.star_flux, float) ** p
+    base = (lo + rng.uniform(0, 1, spec.n_stars) * (hi - lo)) ** (1 / p)
+    table = Table({"id": np.arange(spec.n_stars), "x": x, "y": y})
+    table["x"].unit = table["y"].unit = "pix"
+    colour = dict(spec.colour)
+    for i, name in enumerate(spec.filters):
+        s = spec.colour_spread
+        factor = 1.0 if i == 0 else rng.uniform(1 - s, 1 + s, spec.n_stars)
+        table[f"flux_{name}"] = base * colour[name] * factor
+        table[f"flux_{name}"].unit = "electron / s"
+    return table
+
+
+def _plan(spec, rng):
+    """The night's frames in acquisition order (bias, darks, flats, lights) with their truth."""
+    clock = _dt.datetime.fromisoformat(spec.start)
+    frames, sky = [], dict(spec.sky)
+
+    def add(kind, file, filt, t, **extra):
+        nonlocal clock
+        entry = dict(file=file, type=kind, imagetyp=_IMAGETYP[kind], filter=filt, exptime=float(t))
+        frames.append(entry | {"date_obs": clock.isoformat(timespec="milliseconds")} | extra)
+        clock += _dt.timedelta(seconds=t + _READOUT_S)
+
+    for i in range(1, spec.n_bias + 1):
+        add("bias", f"bias_{i:03d}.fits", spec.closed_filter, 0.0)
+    for t in spec.dark_exptimes:
+        for i in range(1, spec.n_darks + 1):
+            add("dark", f"dark_{_exp_label(t)}_{i:03d}.fits", spec.closed_filter, t)
+    for f in spec.filters:
+        for i in range(1, spec.n_flats + 1):
+            spread = rng.uniform(-spec.flat_level_spread, spec.flat_level_spread)
+            level = spec.flat_level * spec.gain * (1 + spread)
+            add("flat", f"flat_{_safe(f)}_{i:03d}.fits", f, spec.flat_exptime, level_e=level)
+    clock += _dt.timedelta(minutes=20)  # end of twilight
+    for t in spec.light_exptimes:
+        for f in spec.filters:
+            for i in range(1, spec.n_lights + 1):
+                dx, dy = rng.uniform(-spec.max_shift, spec.max_shift, 2)
+                rot = rng.uniform(-spec.max_rot_deg, spec.max_rot_deg)
+                name = f"light_{_safe(spec.object)}_{_safe(f)}_{_exp_label(t)}_{i:03d}.fits"
+                add("light", name, f, t, dx=dx, dy=dy, rot_deg=rot, sky_e_per_s=sky[f])
+    return frames
+
+
+def _cosmics(spec, t, rng):
+    """Cosmic-ray electrons (e-): short 8-connected tracks, uniform charge per pixel."""
+    ny, nx = spec.shape
+    n = rng.poisson(spec.cosmic_rate * t * ny * nx / 1e4)
+    lo, hi = spec.cosmic_length
+    length = rng.integers(lo, hi + 1, n)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    x0, y0 = rng.integers(0, nx, n), rng.integers(0, ny, n)
+    charge = rng.uniform(*spec.cosmic_charge, (n, hi))
+    # Unit steps along the major axis, so each track is connected with no repeated pixel.
+    c, s = np.cos(angle), np.sin(angle)
+    step = np.maximum(np.abs(c), np.abs(s))
+    k = np.arange(hi)
+    xs = x0[:, None] + np.rint(k * (c / step)[:, None]).astype(np.int64)
+    ys = y0[:, None] + np.rint(k * (s / step)[:, None]).astype(np.int64)
+    ok = (k < length[:, None]) & (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
+    return np.bincount(ys[ok] * nx + xs[ok], charge[ok], minlength=ny * nx).reshape(ny, nx)
+
+
+def _header(spec, frame):
+    """MaxIm-DL-like header of a raw frame."""
+    t, closed = frame["exptime"], frame["type"] in ("bias", "dark")
+    cards = [
+        ("IMAGETYP", frame["imagetyp"], "type of image"),
+        ("EXPTIME", t, "[s] exposure time"),
+        ("EXPOSURE", t, "[s] exposure time"),
+        (
+            "FILTER",
+            frame["filter"],
+            "filter in the beam" + (" (shutter closed)" if closed else ""),
+        ),
+        ("OBJECT", spec.object, "target name"),
+        ("DATE-OBS", frame["date_obs"], "[UTC] start of exposure"),
+        ("GAIN", spec.gain, "[e-/ADU] detector gain"),
+        ("RDNOISE", spec.read_noise, "[e-] read noise"),
+        ("XBINNING", 1, "binning factor in x"),
+        ("YBINNING", 1, "binning factor in y"),
+        ("CCD-TEMP", spec.ccd_temp, "[C] CCD temperature"),
+        ("INSTRUME", "ccdflow demo camera", "camera"),
+        ("TELESCOP", "ccdflow demo", "telescope"),
+    ]
+    return fits.Header([c for c in cards if c[0] != "OBJECT" or frame["type"] == "light"])
+
+
+def _write(path, data, header=None):
+    """Write a single-HDU FITS file atomically (never half-written at ``path``)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fits.PrimaryHDU(data, header=header).writeto(tmp, overwrite=True)
+    os.replace(tmp, path)
+
+
+def make_night(outdir, *, preset="demo", seed=0, **overrides):
+    """Generate a synthetic night: raw frames in ``outdir/raw``, truth in ``outdir/truth``.
+
+    Same-named files are overwritten; other files are left alone.
+
+    Parameters
+    ----------
+    outdir : str or Path
+        Output directory (created if needed).
+    preset : {"test", "demo", "benchmark"}
+        Starting `NightSpec` from `PRESETS`.
+    seed : int
+        Seed of the single random generator; same seed and spec give identical raw files.
+    **overrides
+        `NightSpec` fields to replace, e.g. ``shape=(64, 96), n_lights=2``.
+
+    Returns
+    -------
+    dict
+        The truth, as `load_truth` returns it.
+    """
+    spec = dataclasses.replace(PRESETS[preset], **overrides)
+    outdir = Path(outdir)
+    raw_dir, truth_dir = outdir / "raw", outdir / "truth"
+    for d in (raw_dir, truth_dir / "cosmics"):
+        d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    bias, dark_rate = _detector(spec, rng)
+    model = {"spec": dataclasses.asdict(spec), "bias": bias, "dark_rate": dark_rate}
+    model["flat"], model["stars"] = _flats(spec, rng), _stars(spec, rng)
+    frames = _plan(spec, rng)
+    bias64 = bias.astype(np.float64)
+    for frame in frames:
+        electrons = expected_electrons(model, frame)
+        counts = rng.poisson(electrons).astype(np.float64) if frame["type"] != "bias" else 0.0
+        if frame["type"] in ("light", "dark"):
+            hits = _cosmics(spec, frame["exptime"], rng)
+            counts = counts + hits
+            frame["cosmics"] = f"cosmics/{Path(frame['file']).stem}.fits"
+            frame["n_cosmic_pixels"] = int(np.count_nonzero(hits))
+            _write(truth_dir / frame["cosmics"], (hits > 0).astype(np.uint8))
+        counts = counts + rng.normal(0.0, spec.read_noise, spec.shape)
+        adu = np.clip(np.rint(counts / spec.gain + bias64), 0, spec.saturation).astype(np.uint16)
+        if frame["type"] == "light":
+            frame["n_saturated_pixels"] = int(np.count_nonzero(adu == spec.saturation))
+            expected_adu = electrons / spec.gain + bias64
+            frame["saturated_star_ids"] = _saturated(spec, model["stars"], frame, expected_adu)
+        _write(raw_dir / frame["file"], adu, _header(spec, frame))
+    files = {"bias": "bias.fits", "dark_rate": "dark_rate.fits", "stars": "stars.ecsv"}
+    files["flat"] = {f: f"flat_{_safe(f)}.fits" for f in spec.filters}
+    _write(truth_dir / files["bias"], bias)
+    _write(truth_dir / files["dark_rate"], dark_rate)
+    for f, name in files["flat"].items():
+        _write(truth_dir / name, model["flat"][f])
+    model["stars"].write(truth_dir / files["stars"], format="ascii.ecsv", overwrite=True)
+    doc = {"ccdflow_version": __version__, "preset": preset, "seed": seed, "spec": model["spec"]}
+    doc |= {"files": files, "frames": frames}
+    (truth_dir / "truth.json").write_text(json.dumps(doc, indent=1) + "\n")
+    return load_truth(outdir)
+
+
+def _saturated(spec, stars, frame, expected_adu):
+    """Ids of stars whose nearest pixel reaches saturation in the noiseless frame."""
+    x, y = _frame_xy(stars, frame, spec.shape)
+    ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    on = (ix >= 0) & (ix < spec.shape[1]) & (iy >= 0) & (iy < spec.shape[0])
+    sat = np.zeros(len(stars), bool)
+    sat[on] = expected_adu[iy[on], ix[on]] >= spec.saturation
+    return [int(i) for i in np.asarray(stars["id"])[sat]]
+
+
+def load_truth(outdir):
+    """Read the truth written by `make_night`.
+
+    Parameters
+    ----------
+    outdir : str or Path
+        The directory given to `make_night`.
+
+    Returns
+    -------
+    dict
+        ``truth.json`` content plus ``bias`` (float32, ADU), ``dark_rate`` (float32, e-/s/px),
+        ``flat`` (filter -> float32), ``stars`` (Table, x/y in px, flux_<filter> in e-/s),
+        ``cosmics`` (raw file stem -> bool mask), ``raw_dir`` and ``truth_dir`` (Path).
+    """
+    outdir = Path(outdir)
+    truth_dir = outdir / "truth"
+    truth = json.loads((truth_dir / "truth.json").read_text())
+    files = truth["files"]
+
+    def image(name, dtype=np.float32):
+        return np.asarray(fits.getdata(truth_dir / name), dtype=dtype)
+
+    truth["bias"], truth["dark_rate"] = image(files["bias"]), image(files["dark_rate"])
+    truth["flat"] = {f: image(name) for f, name in files["flat"].items()}
+    truth["stars"] = Table.read(truth_dir / files["stars"], format="ascii.ecsv")
+    truth["cosmics"] = {
+        Path(f["file"]).stem: image(f["cosmics"], bool) for f in truth["frames"] if "cosmics" in f
+    }
+    truth["raw_dir"], truth["truth_dir"] = outdir / "raw", truth_dir
+    return truth
+
+
+def main(argv=None):
+    """Command line: ``python -m ccdflow.demo OUTDIR [--preset P] [--seed N] [--size NY NX]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ccdflow.demo", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("outdir", type=Path, help="directory for raw/ and truth/")
+    parser.add_argument("--preset", choices=list(PRESETS), default="demo")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("NY", "NX"), help="frame shape (px)")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty raw/ anyway")
+    args = parser.parse_args(argv)
+    raw_dir = args.outdir / "raw"
+    before = {p.name for p in raw_dir.iterdir()} if raw_dir.is_dir() else set()
+    if before and not args.force:
+        msg = f"{raw_dir} is not empty; refusing to overwrite data (another OUTDIR or --force)"
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    overrides = {"shape": tuple(args.size)} if args.size else {}
+    truth = make_night(args.outdir, preset=args.preset, seed=args.seed, **overrides)
+    for kind in _IMAGETYP:
+        frames = [f for f in truth["frames"] if f["type"] == kind]
+        exps = sorted({f["exptime"] for f in frames})
+        filters = sorted({f["filter"] for f in frames}) if kind in ("flat", "light") else []
+        detail = ", ".join([*(f"{t:g} s" for t in exps), *filters])
+        print(f"{kind:<6}{len(frames):4d} frames ({detail})")
+    print(f"raw:   {truth['raw_dir']}\ntruth: {truth['truth_dir']}")
+    stale = before - {f["file"] for f in truth["frames"]}
+    if stale:
+        print(f"warning: {len(stale)} older files in {raw_dir} left as they were", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""What a run produced, and (for a generated night) how close it came to the truth."""
+
+__all__ = ["format_summary", "inventory_counts", "truth_report"]
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def inventory_counts(workdir):
+    """(type, filter, exposure group) -> number of frames, from results/index/frames.tsv."""
+    counts = {}
+    for r in _rows(Path(workdir) / "results/index/frames.tsv"):
+        key = (r["imagetyp"], r["filter"] or "-", r["expgroup"])
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1], float(kv[0][2]))))
+
+
+def truth_report(workdir, truth):
+    """Compare masters and calibrated frames of a run with the truth of a demo night.
+
+    Parameters
+    ----------
+    workdir : path-like
+        Where the workflow ran (holds ``results/``).
+    truth : dict
+        :func:`ccdflow.demo.load_truth` of the night.
+
+    Returns
+    -------
+    list of dict
+        One row per product: ``product``, ``measure``, ``value``, ``expected`` and
+        ``ratio`` (value / expected; about 1 means noise-limited).
+    """
+    from ccdflow import demo
+    from ccdflow.io import read_product
+
+    workdir = Path(workdir)
+    g, rn = truth["spec"]["gain"], truth["spec"]["read_noise"]
+    frames = _rows(workdir / "results/index/frames.tsv")
+    n_of = {t: sum(r["imagetyp"] == t for r in frames) for t in ("bias", "dark", "flat")}
+    out = []
+    for path in sorted((workdir / "results/masters").glob("bias_*.fits")):
+        data = read_product(path)[0]
+        expected = rn / g / np.sqrt(n_of["bias"])
+        rms = float(np.std(data - truth["bias"]))
+        out.append(
+            dict(product=path.name, measure="rms vs true bias (ADU)", value=rms, expected=expected)
+        )
+    for path in sorted((workdir / "results/masters").glob("dark_*.fits")):
+        data, header = read_product(path)[:2]
+        t = float(header["EXPTIME"])
+        n = int(header["NCOMBINE"])
+        rate = data * g / t
+        # frame noise averages down over n darks; the master bias error is common to all
+        var = (rn**2 + truth["dark_rate"] * t) / n + rn**2 / n_of["bias"]
+        sigma = np.sqrt(var) / t
+        out.append(
+            dict(
+                product=path.name,
+                measure="rms vs true dark rate (e-/s)",
+                value=float(np.std(rate - truth["dark_rate"])),
+                expected=float(np.sqrt(np.mean(sigma**2))),
+            )
+        )
+    levels = {}
+    for f in truth["frames"]:
+        if f["type"] == "flat":
+            levels.setdefault(f["filter"], []).append(f["level_e"])
+    for path in sorted((workdir / "results/masters").glob("flat_*.fits")):
+        data, header = read_product(path)[:2]
+        filt = str(header.get("FILTER", "")).strip()
+        if filt not in truth["flat"]:
+            continue
+        lv = levels[filt]
+        expected = np.sqrt(np.pi / 2) / np.sqrt(len(lv) * np.mean(lv))
+        out.append(
+            dict(
+                product=path.name,
+                measure="rms vs true flat",
+                value=float(np.std(data - truth["flat"][filt])),
+                expected=expected,
+            )
+        )
+    by_stem = {Path(f["file"]).stem: f for f in truth["frames"] if f["type"] == "light"}
+    zs = []
+    for path in sorted((workdir / "results/calibrated").glob("*.fits")):
+        frame = by_stem.get(path.stem)
+        if frame is None:
+            continue
+        data, _, unc, mask = read_product(path)
+        expected = demo.expected_electrons(truth, frame)
+        signal = (expected - truth["dark_rate"] * frame["exptime"]) / truth["flat"][
+            frame["filter"]
+        ]
+        good = (mask == 0) & ~truth["cosmics"][path.stem]
+        zs.append(float(np.std((data - signal)[good] / unc[good])))
+    if zs:
+        out.append(
+            dict(
+                product=f"{len(zs)} calibrated frames",
+                measure="std of (data - truth) / uncertainty",
+                value=float(np.median(zs)),
+                expected=1.0,
+            )
+        )
+    for row in out:
+        row["ratio"] = row["value"] / row["expected"] if row["expected"] else float("nan")
+    return out
+
+
+def format_summary(workdir, truth=None):
+    """Human-readable summary of a run (and of its truth comparison, if given)."""
+    workdir = Path(workdir)
+    lines = [f"Results in {workdir / 'results'}", "", "Frames found (type, filter, exposure):"]
+    for (t, f, e), n in inventory_counts(workdir).items():
+        lines.append(f"  {t:6s} {f:10s} {e:>8s} s  {n:4d}")
+    rejected = _rows(workdir / "results/index/rejected.tsv")
+    lines.append(f"  rejected: {len(rejected)} (results/index/rejected.tsv)")
+    masters = sorted(p.name for p in (workdir / "results/masters").glob("*.fits"))
+    lines += ["", f"Masters made: {len(masters)}", *(f"  {m}" for m in masters)]
+    calibrated = list((workdir / "results/calibrated").glob("*.fits"))
+    lines += ["", f"Frames calibrated: {len(calibrated)} (results/calibrated/)"]
+    if truth is not None:
+        lines += ["", "Against the truth of the generated night (ratio ~1 = noise-limited):"]
+        for r in truth_report(workdir, truth):
+            lines.append(
+                f"  {r['product']:32s} {r['measure']:38s} {r['value']:10.4g}"
+                f"  expected {r['expected']:9.4g}  ratio {r['ratio']:5.2f}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""Masters and calibrated frames recover the injected truth of a seeded synthetic night."""
+
+import numpy as np
+import pytest
+
+from ccdflow import bits, demo
+from ccdflow.io import read_product
+from ccdflow.tasks import calibrate_file, make_master_file
+
+COMBINE = {"method": "sigma_clip", "sigma_low": 3.0, "sigma_high": 3.0, "maxiters": 5}
+FLAT_COMBINE = {**COMBINE, "method": "sigma_clip_median"}
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    out = tmp_path_factory.mktemp("night")
+    truth = demo.make_night(out, preset="test", seed=11)
+    spec = truth["spec"]
+    raw = truth["raw_dir"]
+    by_type = {}
+    for f in truth["frames"]:
+        by_type.setdefault(f["type"], []).append(f)
+    masters = out / "masters"
+    make_master_file(
+        "bias", [(raw / f["file"], 0) for f in by_type["bias"]], masters / "bias.fits", COMBINE
+    )
+    make_master_file(
+        "dark",
+        [(raw / f["file"], 0) for f in by_type["dark"]],
+        masters / "dark.fits",
+        COMBINE,
+        bias=masters / "bias.fits",
+        saturation=65535,
+    )
+    flats_v = [f for f in by_type["flat"] if f["filter"] == "V"]
+    t_dark = by_type["dark"][0]["exptime"]
+    make_master_file(
+        "flat",
+        [(raw / f["file"], 0) for f in flats_v],
+        masters / "flat_V.fits",
+        FLAT_COMBINE,
+        bias=masters / "bias.fits",
+        dark=masters / "dark.fits",
+        dark_scales=[f["exptime"] / t_dark for f in flats_v],
+        saturation=65535,
+    )
+    return {"truth": truth, "spec": spec, "by_type": by_type, "masters": masters, "out": out}
+
+
+def test_master_bias_within_error_of_the_mean(night):
+    spec, truth = night["spec"], night["truth"]
+    data, header, _, _ = read_product(night["masters"] / "bias.fits")
+    n = len(night["by_type"]["bias"])
+    expected = spec["read_noise"] / spec["gain"] / np.sqrt(n)  # ADU
+    resid = data - truth["bias"]
+    assert abs(resid.mean()) < 5 * expected / np.sqrt(resid.size)  # no level offset
+    assert resid.std() <= 1.5 * expected
+    assert header["NCOMBINE"] == n
+    # read noise measured from bias pairs
+    assert header["RDNOISEM"] == pytest.approx(spec["read_noise"] / spec["gain"], rel=0.1)
+
+
+def test_master_dark_recovers_the_dark_rate(night):
+    spec, truth = night["spec"], night["truth"]
+    data, header, _, _ = read_product(night["masters"] / "dark.fits")
+    darks = night["by_type"]["dark"]
+    t, n, g = darks[0]["exptime"], len(darks), spec["gain"]
+    assert header["EXPTIME"] == t
+    rate = data * g / t
+    true = truth["dark_rate"]
+    # noise of one pixel of the master (e-/s): read noise, shot noise, master bias error
+    nb = len(night["by_type"]["bias"])
+    # frame noise averages down over n darks; the master bias error is common to all
+    sigma = np.sqrt((spec["read_noise"] ** 2 + true * t) / n + spec["read_noise"] ** 2 / nb) / t
+    z = (rate - true) / sigma
+    assert abs(np.mean(rate - true)) < 3 * np.mean(sigma) / np.sqrt(true.size)
+    assert np.std(z) < 1.5
+    # every cosmic ray of the darks is rejected: no pixel more than 6 sigma off
+    hits = np.any([truth["cosmics"][f["file"].rsplit(".", 1)[0]] for f in darks], axis=0)
+    assert hits.sum() > 10
+    assert np.abs(z[hits]).max() < 6
+
+
+def test_master_flat_within_its_noise(night):
+    truth = night["truth"]
+    data, header, _, mask = read_product(night["masters"] / "flat_V.fits")
+    flats = [f for f in night["by_type"]["flat"] if f["filter"] == "V"]
+    level = np.mean([f["level_e"] for f in flats])
+    # median combine of n flats of `level` electrons per pixel
+    expected = np.sqrt(np.pi / 2) / np.sqrt(len(flats) * level)
+    resid = data - truth["flat"]["V"]
+    assert resid.std() <= 1.5 * expected
+    ys, xs = slice(data.shape[0] // 4, -(data.shape[0] // 4)), slice(data.shape[1] // 4, None)
+    assert np.median(data[ys, xs][:, : data.shape[1] // 2]) == pytest.approx(1.0, abs=1e-3)
+    assert np.all(np.isfinite(data)) and not (mask & bits.FLAT_LOW).any()
+    assert header["DARKCORR"] == "dark.fits"
+
+
+def test_calibrated_light_matches_truth_within_its_uncertainty(night):
+    truth, spec = night["truth"], night["spec"]
+    light = next(
+        f for f in night["by_type"]["light"] if f["filter"] == "V" and f["exptime"] == 120
+    )
+    t_dark = night["by_type"]["dark"][0]["exptime"]
+    out = night["out"] / "calibrated.fits"
+    calibrate_file(
+        truth["raw_dir"] / light["file"],
+        0,
+        out,
+        bias=night["masters"] / "bias.fits",
+        dark=night["masters"] / "dark.fits",
+        dark_scale=light["exptime"] / t_dark,
+        flat=night["masters"] / "flat_V.fits",
+        gain=spec["gain"],
+        read_noise=spec["read_noise"],
+        saturation=65535,
+    )
+    data, header, unc, mask = read_product(out)
+    assert header["BUNIT"] == "electron"
+    assert header["DARKSCAL"] == pytest.approx(120 / 300)
+    # truth: sky + stars, in electrons, after the flat
+    expected = demo.expected_electrons(truth, light)
+    signal = (expected - truth["dark_rate"] * light["exptime"]) / truth["flat"]["V"]
+    cosmic = truth["cosmics"][light["file"].rsplit(".", 1)[0]]
+    good = (mask == 0) & ~cosmic
+    z = (data - signal)[good] / unc[good]
+    assert abs(np.median(z)) < 0.1  # no bias in the level
+    assert 0.85 < np.std(z) < 1.15  # and the uncertainty plane is right
+    if light.get("n_saturated_pixels"):
+        assert (mask & bits.SATURATED).sum() >= light["n_saturated_pixels"]

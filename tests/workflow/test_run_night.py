@@ -1,0 +1,147 @@
+"""Real Snakemake on a generated night in a temp dir: planned jobs, products, errors."""
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from astropy.io import fits
+
+from ccdflow import demo
+from conftest import REPO, read_tsv, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def planned_jobs(stdout):
+    """rule -> job count from the 'Job stats' table of a dry run."""
+    table = stdout.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def snapshot(folder):
+    return {
+        p.name: (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+        for p in sorted(folder.iterdir())
+    }
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    base = tmp_path_factory.mktemp("night")
+    truth = demo.make_night(base / "night", preset="test", seed=5)
+    return truth
+
+
+@pytest.fixture(scope="module")
+def run(night, tmp_path_factory):
+    work = tmp_path_factory.mktemp("work")
+    raw = night["raw_dir"]
+    before = snapshot(raw)
+    dry = snakemake(work, "-n", config={"raw_dir": raw})
+    real = snakemake(work, config={"raw_dir": raw})
+    again = snakemake(work, "-n", config={"raw_dir": raw})
+    return {"work": work, "dry": dry, "real": real, "again": again, "before": before}
+
+
+def test_dry_run_plans_the_whole_night(run):
+    # test preset: 2 filters x 2 exposures x 2 lights, darks at 300 s only
+    assert planned_jobs(run["dry"].stdout) == {
+        "make_master_bias": 1,
+        "make_master_dark": 1,
+        "make_master_flat": 2,
+        "calibrate_frame": 8,
+        "all": 1,
+    }
+
+
+def test_products_and_provenance(run, night):
+    work = run["work"]
+    frames = read_tsv(work / "results/index/frames.tsv")
+    lights = [f for f in frames if f["imagetyp"] == "light"]
+    assert len(lights) == 8
+    assert {f["group"] for f in lights} == {
+        "M13demo_V_60",
+        "M13demo_V_120",
+        "M13demo_R_60",
+        "M13demo_R_120",
+    }
+    for f in lights:
+        path = work / "results/calibrated" / f"{f['frame']}.fits"
+        with fits.open(path) as hdul:
+            assert [h.name for h in hdul] == ["PRIMARY", "UNCERT", "MASK"]
+            h = hdul[0].header
+            assert h["RAWFILE"] == f["path"]
+            assert h["RAWSHA"] == f["fingerprint"]
+            assert h["BIASCORR"] == "bias_1x1_128x96.fits"
+            assert h["DARKCORR"] == "dark_1x1_128x96_300s.fits"
+            assert h["DARKSCAL"] == pytest.approx(float(f["exptime"]) / 300)
+            assert h["FLATCORR"] == f"flat_1x1_128x96_{f['filter']}.fits"
+            assert h["BUNIT"] == "electron" and h["PIPEVER"]
+    with fits.open(work / "results/masters/flat_1x1_128x96_V.fits") as hdul:
+        h = hdul[0].header
+        assert h["NCOMBINE"] == 5 and h["IMCMB001"].startswith("flat_V_")
+        assert h["COMBMETH"] == "sigma_clip_median" and h["CLIPSIG"] == "winsorized"
+        assert h["BIASCORR"] == "bias_1x1_128x96.fits"
+    # one log per job
+    assert len(list((work / "logs/calibrate_frame").glob("*.log"))) == 8
+
+
+def test_rerun_with_nothing_changed_does_nothing(run):
+    assert "Nothing to be done" in run["again"].stdout + run["again"].stderr
+
+
+def test_raw_dir_is_never_modified(run, night):
+    assert snapshot(night["raw_dir"]) == run["before"]
+
+
+def test_bad_files_are_skipped_and_reported(night, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(night["raw_dir"], raw)
+    data = (raw / "bias_001.fits").read_bytes()
+    (raw / "bias_999.fits").write_bytes(data[: len(data) // 2])  # half-copied
+    (raw / "notes.fits").write_text("not a FITS file\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake(work, config={"raw_dir": raw})
+    assert proc.returncode == 0
+    rejected = {r["path"]: r["reason"] for r in read_tsv(work / "results/index/rejected.tsv")}
+    assert rejected == {"bias_999.fits": "truncated", "notes.fits": "unreadable"}
+    assert "bias_999.fits: truncated" in proc.stderr
+    assert len(list((work / "results/calibrated").glob("*.fits"))) == 8
+
+
+def test_missing_flat_stops_at_parse_time_with_one_clear_message(night, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(night["raw_dir"], raw, ignore=shutil.ignore_patterns("flat_R_*"))
+    proc = snakemake(tmp_path, "-n", config={"raw_dir": raw}, check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "no flat frames for filter(s) R (4 light frames)" in err
+    assert "require_flat" in err  # says how to fix it
+    assert "Traceback" not in err
+
+
+def test_missing_raw_dir_is_a_clear_error(tmp_path):
+    proc = snakemake(tmp_path, "-n", config={"raw_dir": tmp_path / "nope"}, check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "is not a directory" in err and "Traceback" not in err
+
+
+def test_demo_command_reports_truth_recovery(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "scripts")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ccdflow", "demo", "--preset", "test", "--workdir", tmp_path],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ratios = [float(x) for x in re.findall(r"ratio\s+([0-9.]+)", proc.stdout)]
+    assert len(ratios) == 5  # bias, dark, 2 flats, calibrated frames
+    assert all(0.7 < r < 1.5 for r in ratios), proc.stdout
+    assert "Frames calibrated: 8" in proc.stdout
