@@ -96,17 +96,20 @@ class Inventory:
 def sanitize(name):
     """A string safe in file names: runs of characters outside ``[A-Za-z0-9._+-]`` -> ``_``.
 
-    ``"g'"`` -> ``'g_'``, ``'Johnson B'`` -> ``'Johnson_B'``; empty -> ``'none'``.
+    Leading and trailing ``_`` are dropped (the wildcard patterns of the workflow do not
+    start with one): ``"g'"`` -> ``'g'``, ``'Johnson B'`` -> ``'Johnson_B'``; empty ->
+    ``'none'``.
     """
     out = _SAFE.sub("_", str(name).strip()).strip("_")
     return out or "none"
 
 
 def exposure_label(seconds):
-    """Short, stable label of an exposure time: three significant digits, no exponent.
+    """Short, stable label of an exposure time: three significant digits (whole seconds
+    from 100 s up), no exponent.
 
     >>> exposure_label(300.04), exposure_label(0.33), exposure_label(1234.0)
-    ('300', '0.33', '1230')
+    ('300', '0.33', '1234')
     """
     if seconds <= 0:
         return "0"
@@ -137,17 +140,18 @@ def group_exposures(times, absolute=0.05, relative=0.001):
         current.append(t)
     if current:
         groups.append(current)
-    labels = {}
-    used = set()
-    for members in groups:
-        median = members[len(members) // 2]
-        label = exposure_label(median)
-        if label in used:
-            label = f"{median:.6g}"
-        used.add(label)
-        for t in members:
-            labels[t] = label
-    return labels
+    medians = [members[len(members) // 2] for members in groups]
+    names = [exposure_label(t) for t in medians]
+    digits = 1
+    while len(set(names)) < len(names) and digits <= 20:
+        # Groups sharing a label (299.5 and 300 both round to '300') get more digits.
+        shared = {n for n in names if names.count(n) > 1}
+        names = [
+            f"{t:.{digits}f}".rstrip("0").rstrip(".") if n in shared else n
+            for t, n in zip(medians, names, strict=True)
+        ]
+        digits += 1
+    return {t: name for members, name in zip(groups, names, strict=True) for t in members}
 
 
 def _walk(raw_dir, extensions, recursive):
@@ -306,7 +310,8 @@ def _classify(rel, entry, cfg):
     ny, nx = header["_SHAPE"]
     setup = f"{xbin}x{ybin}_{nx}x{ny}"
     if values["readout"] not in (None, ""):
-        setup += f"_{sanitize(values['readout'])}"
+        # '_' separates the parts of {setup}: the readout mode must not contain one
+        setup += "_" + sanitize(values["readout"]).replace("_", "-")
     return {
         "path": rel,
         "imagetyp": imagetyp,
@@ -343,13 +348,18 @@ def _datamax(header):
 
 
 def _unique_names(raw_names):
-    """raw value -> sanitised name, collisions ('a b' vs 'a_b') made unique."""
-    out, taken = {}, {}
-    for raw in sorted(set(raw_names)):
-        name = sanitize(raw) if raw else "none"
-        if name in taken and taken[name] != raw:
-            name = f"{name}-{hashlib.sha1(raw.encode()).hexdigest()[:4]}"
-        taken[name] = raw
+    """raw value -> sanitised name, collisions ('a b' vs 'a_b') made unique.
+
+    Values that are already safe keep their name (so 'a_b' is not renamed when an
+    'a b' appears later); the others get a short hash of the raw value on a collision.
+    """
+    out, taken = {}, set()
+    for raw in sorted(set(raw_names), key=lambda r: (sanitize(r) != r, r)):
+        name = base = sanitize(raw) if raw else "none"
+        digest, n = hashlib.sha1(raw.encode()).hexdigest(), 4
+        while name in taken:
+            name, n = f"{base}-{digest[:n]}", n + 1
+        taken.add(name)
         out[raw] = name
     return out
 
@@ -360,7 +370,8 @@ def _frame_ids(paths):
     for rel in paths:
         stem = rel
         for ext in (".fz", ".gz", ".bz2"):
-            stem = stem.removesuffix(ext)
+            if stem.lower().endswith(ext):
+                stem = stem[: -len(ext)]
         stem = re.sub(r"\.[^./]*$", "", stem)
         base = sanitize(stem.replace("/", "__"))
         name, n = base, 1
@@ -442,7 +453,9 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
         if f["imagetyp"] in ("flat", "light") and not f["filter"]:
             f["filter"] = "none"
         f["object"] = objects.get(f["object_name"], "") if f["object_name"] else ""
-        f["group"] = "_".join(str(f[k]) for k in grouping) if f["imagetyp"] == "light" else ""
+        # Sanitised again: 'date' or 'setup' may be among the grouping columns.
+        group = "_".join(sanitize(f[k]) for k in grouping)
+        f["group"] = group if f["imagetyp"] == "light" else ""
     return Inventory(frames=frames, rejected=rejected)
 
 

@@ -72,7 +72,8 @@ def _parse_value(text):
 def _fast_primary_header(path):
     """Parse the primary header of an uncompressed FITS file without astropy.
 
-    Returns ``(header_dict, header_bytes)`` or None if the file does not look like FITS.
+    Returns ``(header_dict, header_bytes)`` or None if the file does not look like FITS;
+    raises :class:`FrameError` (``truncated``) for a FITS file cut inside its header.
     Only the cards needed for classification are kept (all keyword = value cards).
     """
     cards = {}
@@ -80,10 +81,12 @@ def _fast_primary_header(path):
     with open(path, "rb") as f:
         while True:
             block = f.read(_BLOCK)
-            if len(block) < _BLOCK:
-                return None
             if nbytes == 0 and not block.startswith(b"SIMPLE  ="):
                 return None
+            if len(block) < _BLOCK:  # FITS, but cut inside the header: half-copied
+                raise FrameError(
+                    path, "truncated", f"header ends after {nbytes + len(block)} bytes"
+                )
             nbytes += _BLOCK
             for i in range(0, _BLOCK, _CARD):
                 card = block[i : i + _CARD].decode("ascii", "replace")

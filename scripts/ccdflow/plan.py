@@ -57,7 +57,7 @@ def choose_dark(exptime, expgroup, darks, scalable=True):
 
     Equal exposure group -> scale 1. Otherwise (only if ``scalable``, i.e. the darks are
     bias-subtracted) the nearest longer dark scaled by ``exptime / t_dark``; failing
-    that, the nearest shorter one.
+    that, the nearest shorter one. Zero-second darks are never scaled.
 
     Parameters
     ----------
@@ -75,12 +75,11 @@ def choose_dark(exptime, expgroup, darks, scalable=True):
     for d in darks:
         if d.expgroup == expgroup:
             return d, 1.0
+    darks = [d for d in darks if d.exptime > 0]
     if not scalable or not darks:
         return None, 0.0
     longer = [d for d in darks if d.exptime > exptime]
-    pick = (
-        min(longer, key=lambda d: d.exptime) if longer else max(darks, key=lambda d: d.exptime)
-    )
+    pick = min(longer, key=lambda d: d.exptime) if longer else max(darks, key=lambda d: d.exptime)
     return pick, exptime / pick.exptime
 
 
@@ -121,7 +120,8 @@ def make_plan(inventory, cfg):
             bias = MasterSpec("bias", f"bias_{setup}", setup, by_type["bias"])
             plan.masters[bias.name] = bias
         elif lights:
-            plan.warnings.append(f"setup {setup}: no bias frames, bias step skipped")
+            why = "calibration.use_bias is false" if by_type["bias"] else "no bias frames"
+            plan.warnings.append(f"setup {setup}: {why}, bias step skipped")
 
         darks = []
         if cfg.get("use_dark", True):
@@ -144,7 +144,7 @@ def make_plan(inventory, cfg):
         scalable = bias is not None and cfg.get("dark_scaling", True)
 
         flats = {}
-        for f in by_type["flat"]:
+        for f in by_type["flat"] if cfg.get("use_flat", True) else []:
             flats.setdefault(f["filter"], []).append(f)
         for filt, members in sorted(flats.items()):
             _require(members, "flat", f"filter {filt} (setup {setup})", minimum["flat"], fix)
@@ -165,7 +165,9 @@ def make_plan(inventory, cfg):
                 dark = plan.masters[name]
                 spec.dark = name
                 spec.dark_scales = [
-                    1.0 if f["expgroup"] == dark.expgroup else f["exptime"] / dark.exptime
+                    f["exptime"] / dark.exptime
+                    if scalable and f["expgroup"] != dark.expgroup and dark.exptime > 0
+                    else 1.0  # a dark that still holds the bias (no master bias) is not scaled
                     for f in members
                 ]
             plan.masters[spec.name] = spec
@@ -183,9 +185,15 @@ def make_plan(inventory, cfg):
         for f in lights:
             dark, scale = choose_dark(f["exptime"], f["expgroup"], darks, scalable)
             if dark is None and by_type["dark"] and cfg.get("use_dark", True):
+                if bias is None:
+                    why = "darks cannot be scaled without a bias"
+                elif not cfg.get("dark_scaling", True):
+                    why = "calibration.dark_scaling is false"
+                else:
+                    why = "zero-second darks cannot be scaled"
                 plan.warnings.append(
-                    f"{f['path']}: no usable dark (no equal exposure and darks cannot be "
-                    "scaled without a bias); dark step skipped"
+                    f"{f['path']}: no usable dark (no dark of {f['expgroup']} s and {why});"
+                    " dark step skipped"
                 )
             flat = flats.get(f["filter"]) and f"flat_{setup}_{f['filter']}"
             plan.lights[f["frame"]] = {

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 from astropy.io import fits
+
 from ccdflow import demo
 
 SEED = 7

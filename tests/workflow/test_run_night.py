@@ -19,7 +19,9 @@ pytestmark = pytest.mark.workflow
 def planned_jobs(stdout):
     """rule -> job count from the 'Job stats' table of a dry run."""
     table = stdout.split("Job stats:", 1)[1]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
+    }
 
 
 def snapshot(folder):

@@ -1,0 +1,311 @@
+"""Calibration plan: which masters are made and which masters every light frame uses."""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from astropy.io import fits
+
+from ccdflow import inventory, plan
+
+CONFIG = yaml.safe_load((Path(__file__).resolve().parents[2] / "config/config.yaml").read_text())
+SETUP = "1x1_10x8"
+
+
+@pytest.fixture
+def cal():
+    """The default ``calibration`` section (a fresh copy: tests may edit it)."""
+    return copy.deepcopy(CONFIG["calibration"])
+
+
+def rec(imagetyp, exptime=0.0, filt="", n=1, setup=SETUP, start=0, **extra):
+    """``n`` inventory records as :func:`inventory.scan` makes them."""
+    out = []
+    for i in range(start, start + n):
+        label = inventory.exposure_label(exptime)
+        stem = f"{imagetyp}_{filt or 'x'}_{label}s_{setup}_{i:03d}"
+        out.append(
+            {
+                "frame": stem,
+                "path": f"{stem}.fits",
+                "imagetyp": imagetyp,
+                "exptime": exptime,
+                "expgroup": label if imagetyp != "bias" else "0",
+                "filter": filt,
+                "object": "M51" if imagetyp == "light" else "",
+                "group": f"M51_{filt}_{label}" if imagetyp == "light" else "",
+                "setup": setup,
+                "hdu": 0,
+                **extra,
+            }
+        )
+    return out
+
+
+def night(*groups):
+    return inventory.Inventory(frames=[r for g in groups for r in g])
+
+
+def spec(name, exptime, expgroup=None):
+    return plan.MasterSpec(
+        "dark", name, SETUP, [], exptime=exptime, expgroup=expgroup or str(exptime)
+    )
+
+
+# --- choose_dark --------------------------------------------------------------------------
+
+DARKS = [spec("d60", 60.0, "60"), spec("d300", 300.0, "300")]
+
+
+@pytest.mark.parametrize(
+    ("exptime", "expgroup", "scalable", "name", "scale"),
+    [
+        (300.1, "300", True, "d300", 1.0),  # equal exposure group: no scaling
+        (60.0, "60", False, "d60", 1.0),  # ... even when darks cannot be scaled
+        (120.0, "120", True, "d300", 0.4),  # nearest longer, scaled
+        (30.0, "30", True, "d60", 0.5),
+        (600.0, "600", True, "d300", 2.0),  # no longer dark: nearest shorter
+        (120.0, "120", False, None, 0.0),  # not scalable: nothing
+    ],
+)
+def test_choose_dark(exptime, expgroup, scalable, name, scale):
+    dark, got = plan.choose_dark(exptime, expgroup, DARKS, scalable)
+    assert (dark.name if dark else None) == name
+    assert got == pytest.approx(scale)
+
+
+def test_choose_dark_without_darks_or_with_only_zero_second_darks():
+    assert plan.choose_dark(300.0, "300", []) == (None, 0.0)
+    zero = spec("d0", 0.0, "0")
+    assert plan.choose_dark(300.0, "300", [zero]) == (None, 0.0)  # never t / 0
+    assert plan.choose_dark(0.0, "0", [zero]) == (zero, 1.0)
+    assert plan.choose_dark(30.0, "30", [zero, *DARKS])[0].name == "d60"
+
+
+# --- make_plan ----------------------------------------------------------------------------
+
+
+def _write(path, cards):
+    data = np.full((8, 10), 1000, dtype=np.uint16)
+    fits.PrimaryHDU(data, header=fits.Header(cards)).writeto(path)
+
+
+def test_plan_of_a_scanned_night(tmp_path, cal):
+    def frames(kind, n, exptime, filt, prefix):
+        for i in range(n):
+            cards = {"IMAGETYP": kind, "EXPTIME": exptime, "FILTER": filt, "OBJECT": "M51"}
+            _write(tmp_path / f"{prefix}_{i}.fits", cards)
+
+    frames("Bias Frame", 3, 0.0, "V", "bias")
+    frames("Dark Frame", 3, 300.0, "V", "dark300")  # closed shutter: the V means nothing
+    frames("Dark Frame", 3, 60.0, "V", "dark60")
+    frames("Flat Field", 3, 2.0, "V", "flatV")
+    frames("Flat Field", 3, 3.0, "I", "flatI")
+    frames("Light Frame", 2, 300.0, "V", "m51V")
+    frames("Light Frame", 1, 299.98, "I", "m51I300")
+    frames("Light Frame", 1, 120.0, "I", "m51I120")
+    inv = inventory.scan(tmp_path, CONFIG["inventory"])
+    assert not inv.rejected
+    p = plan.make_plan(inv, cal)
+
+    assert sorted(p.masters) == [
+        f"bias_{SETUP}",
+        f"dark_{SETUP}_300s",
+        f"dark_{SETUP}_60s",
+        f"flat_{SETUP}_I",
+        f"flat_{SETUP}_V",
+    ]
+    bias = p.masters[f"bias_{SETUP}"]
+    assert bias.path == f"results/masters/bias_{SETUP}.fits"
+    assert sorted(f["path"] for f in bias.frames) == [f"bias_{i}.fits" for i in range(3)]
+    d300 = p.masters[f"dark_{SETUP}_300s"]
+    assert (d300.kind, d300.exptime, d300.expgroup, d300.bias) == ("dark", 300, "300", bias.name)
+    assert len(d300.frames) == 3
+    flat_v = p.masters[f"flat_{SETUP}_V"]
+    assert (flat_v.filter, flat_v.bias, flat_v.dark) == ("V", bias.name, f"dark_{SETUP}_60s")
+    assert flat_v.dark_scales == pytest.approx([2 / 60] * 3)  # nearest longer dark, scaled
+    assert {f["filter"] for f in flat_v.frames} == {"V"}
+
+    use = {f: (u["bias"], u["dark"], u["dark_scale"], u["flat"]) for f, u in p.lights.items()}
+    assert use == {
+        "m51V_0": (bias.name, d300.name, 1.0, flat_v.name),
+        "m51V_1": (bias.name, d300.name, 1.0, flat_v.name),
+        # the V-filter darks serve the I band: closed-shutter frames ignore FILTER
+        "m51I300_0": (bias.name, d300.name, 1.0, f"flat_{SETUP}_I"),
+        "m51I120_0": (bias.name, d300.name, pytest.approx(0.4), f"flat_{SETUP}_I"),
+    }
+    assert p.lights["m51V_0"]["record"]["path"] == "m51V_0.fits"
+    assert p.groups() == {
+        "M51_I_120": ["m51I120_0"],
+        "M51_I_300": ["m51I300_0"],
+        "M51_V_300": ["m51V_0", "m51V_1"],
+    }
+    assert p.warnings == []
+
+
+def test_lights_in_a_filter_without_flats_stop_the_plan(cal):
+    inv = night(
+        rec("bias", n=3),
+        rec("flat", 2.0, "V", n=3),
+        rec("light", 300.0, "V"),
+        rec("light", 300.0, "Ha", n=2),
+    )
+    with pytest.raises(plan.PlanError) as err:
+        plan.make_plan(inv, cal)
+    message = str(err.value)
+    assert "Ha (2 light frames)" in message
+    assert "V (" not in message
+    assert "require_flat: false" in message and "Add flats" in message  # how to fix it
+
+
+def test_require_flat_false_calibrates_without_a_flat(cal):
+    cal["require_flat"] = False
+    inv = night(rec("bias", n=3), rec("flat", 2.0, "V", n=3), rec("light", 300.0, "Ha"))
+    p = plan.make_plan(inv, cal)
+    (use,) = p.lights.values()
+    assert use["flat"] is None
+    assert use["bias"] == f"bias_{SETUP}"
+    assert f"flat_{SETUP}_V" in p.masters
+
+
+def test_flats_of_another_setup_do_not_count(cal):
+    inv = night(
+        rec("bias", n=3),
+        rec("flat", 2.0, "V", n=3),
+        rec("bias", n=3, setup="2x2_5x4"),
+        rec("light", 300.0, "V", setup="2x2_5x4"),
+    )
+    with pytest.raises(plan.PlanError, match="setup 2x2_5x4: no flat frames for filter"):
+        plan.make_plan(inv, cal)
+
+
+@pytest.mark.parametrize(
+    ("kind", "frames"),
+    [
+        ("bias", rec("bias", n=2)),
+        ("dark", rec("dark", 300.0, n=3) + rec("dark", 60.0, n=1)),
+        ("flat", rec("flat", 2.0, "V", n=2)),
+    ],
+)
+def test_too_few_frames_for_a_master_stop_the_plan(cal, kind, frames):
+    enough = {"bias": rec("bias", n=3), "dark": [], "flat": rec("flat", 2.0, "V", n=3)}
+    enough[kind] = frames
+    inv = night(*enough.values(), rec("light", 300.0, "V"))
+    with pytest.raises(plan.PlanError) as err:
+        plan.make_plan(inv, cal)
+    message = str(err.value)
+    count = 1 if kind == "dark" else 2
+    assert message.startswith(f"{kind} ")
+    assert f"{count} frame(s)" in message
+    assert f"calibration.min_frames.{kind} is 3" in message
+    assert frames[-1]["path"] in message  # names the files
+    cal["min_frames"][kind] = count
+    plan.make_plan(inv, cal)  # lowering the minimum lets it through
+
+
+def test_without_bias_darks_are_not_scaled(cal):
+    inv = night(
+        rec("dark", 300.0, n=3),
+        rec("dark", 2.0, n=3),
+        rec("flat", 2.0, "V", n=2),
+        rec("flat", 4.0, "V", n=1),
+        rec("light", 300.0, "V"),
+        rec("light", 120.0, "V"),
+    )
+    p = plan.make_plan(inv, cal)
+    assert not any(m.kind == "bias" for m in p.masters.values())
+    assert p.masters[f"dark_{SETUP}_300s"].bias is None
+    by_exp = {u["record"]["exptime"]: u for u in p.lights.values()}
+    assert (by_exp[300.0]["dark"], by_exp[300.0]["dark_scale"]) == (f"dark_{SETUP}_300s", 1.0)
+    assert (by_exp[120.0]["dark"], by_exp[120.0]["bias"]) == (None, None)
+    assert any("no bias frames" in w for w in p.warnings)
+    (warning,) = [w for w in p.warnings if by_exp[120.0]["record"]["path"] in w]
+    assert "no usable dark" in warning and "without a bias" in warning
+    # The flat master uses the 2 s dark as it is: a dark that still holds the bias is
+    # never scaled (a 4 s flat with a 2 s dark gets scale 1, not 2).
+    flat = p.masters[f"flat_{SETUP}_V"]
+    assert flat.dark == f"dark_{SETUP}_2s"
+    assert flat.dark_scales == [1.0, 1.0, 1.0]
+
+
+def test_flat_master_scales_one_dark_per_flat_exposure(cal):
+    inv = night(
+        rec("bias", n=3),
+        rec("dark", 2.0, n=3),
+        rec("flat", 2.0, "V", n=2),
+        rec("flat", 1.0, "V", n=1, start=2),
+        rec("light", 2.0, "V"),
+    )
+    flat = plan.make_plan(inv, cal).masters[f"flat_{SETUP}_V"]
+    assert flat.dark == f"dark_{SETUP}_2s"
+    assert [f["exptime"] for f in flat.frames] == [2.0, 2.0, 1.0]
+    assert flat.dark_scales == pytest.approx([1.0, 1.0, 0.5])
+
+
+def test_dark_scaling_false_uses_only_equal_exposures(cal):
+    cal["dark_scaling"] = False
+    inv = night(rec("bias", n=3), rec("dark", 300.0, n=3), rec("light", 120.0, ""))
+    cal["require_flat"] = False
+    p = plan.make_plan(inv, cal)
+    (use,) = p.lights.values()
+    assert use["dark"] is None
+    assert any("dark_scaling is false" in w for w in p.warnings)
+
+
+def test_use_switches_skip_steps_and_their_masters(cal):
+    inv = night(
+        rec("bias", n=3),
+        rec("dark", 300.0, n=3),
+        rec("flat", 2.0, "V", n=1),  # too few, but not needed when use_flat is false
+        rec("light", 300.0, "V"),
+    )
+    cal.update(use_bias=False, use_dark=False, use_flat=False)
+    p = plan.make_plan(inv, cal)
+    assert p.masters == {}
+    (use,) = p.lights.values()
+    assert (use["bias"], use["dark"], use["flat"]) == (None, None, None)
+    assert [w for w in p.warnings if "dark" in w] == []  # darks off on purpose: no warning
+    assert any("use_bias is false" in w for w in p.warnings)
+
+
+def test_no_darks_at_all_skips_the_dark_step_silently(cal):
+    inv = night(rec("bias", n=3), rec("flat", 2.0, "V", n=3), rec("light", 300.0, "V"))
+    p = plan.make_plan(inv, cal)
+    (use,) = p.lights.values()
+    assert (use["dark"], use["dark_scale"]) == (None, 0.0)
+    assert p.masters[f"flat_{SETUP}_V"].dark is None
+    assert p.warnings == []
+
+
+def test_calibration_only_night_makes_masters(cal):
+    inv = night(rec("bias", n=3), rec("dark", 60.0, n=3), rec("flat", 2.0, "R", n=3))
+    p = plan.make_plan(inv, cal)
+    assert sorted(m.kind for m in p.masters.values()) == ["bias", "dark", "flat"]
+    assert p.lights == {} and p.groups() == {}
+
+
+# --- detector -----------------------------------------------------------------------------
+
+
+def test_detector_config_beats_header():
+    record = {"gain": 1.4, "rdnoise": 9.0, "saturation": 60000.0, "datamax": 65535.0}
+    cfg = {"gain": 2.0, "read_noise": 7.5, "saturation": 50000.0}
+    assert plan.detector(record, cfg) == {"gain": 2.0, "read_noise": 7.5, "saturation": 50000.0}
+    none = dict.fromkeys(cfg)
+    assert plan.detector(record, none) == {"gain": 1.4, "read_noise": 9.0, "saturation": 60000.0}
+    assert plan.detector(record, {"gain": 0.8})["read_noise"] == 9.0
+
+
+def test_detector_saturation_falls_back_to_the_data_type_maximum(tmp_path):
+    _write(tmp_path / "u16.fits", {"IMAGETYP": "light", "EXPTIME": 1.0, "FILTER": "V"})
+    header = fits.Header({"IMAGETYP": "bias"})
+    fits.PrimaryHDU(np.zeros((8, 10), np.float32), header=header).writeto(tmp_path / "f32.fits")
+    inv = inventory.scan(tmp_path, CONFIG["inventory"])
+    rows = {f["path"]: f for f in inv.frames}
+    with fits.open(tmp_path / "u16.fits") as hdul:
+        assert hdul[0].header["BZERO"] == 32768
+    got = plan.detector(rows["u16.fits"], CONFIG["detector"])
+    assert got == {"gain": None, "read_noise": None, "saturation": 65535.0}
+    assert plan.detector(rows["f32.fits"], CONFIG["detector"])["saturation"] is None
