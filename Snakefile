@@ -1,4 +1,4 @@
-# ccdflow: raw CCD frames -> master calibrations -> calibrated frames.
+# ccdflow: raw CCD frames -> masters -> calibrated, cleaned, aligned frames -> stacks.
 # Run:  snakemake --cores all --config raw_dir=/path/to/night
 from snakemake.utils import min_version
 
@@ -11,6 +11,9 @@ configfile: f"{workflow.basedir}/config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/masters.smk"
 include: "workflow/rules/calibrate.smk"
+include: "workflow/rules/cosmics.smk"
+include: "workflow/rules/align.smk"
+include: "workflow/rules/stack.smk"
 
 
 rule all:

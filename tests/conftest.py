@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# astroscrappy's OpenMP threads spin while waiting; on a shared 2-core machine that
+# slows everything else down (Snakemake sets OMP_NUM_THREADS per job anyway).
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 M51 = SHARED_DATA / "phy241-m51"

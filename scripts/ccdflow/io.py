@@ -13,6 +13,7 @@ __all__ = [
     "quick_header",
     "read_frame",
     "read_product",
+    "write_hdulist",
     "write_product",
 ]
 
@@ -252,7 +253,13 @@ def write_product(path, data, header, uncertainty=None, mask=None, unit=None):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    hdul = ccd_hdulist(data, header, uncertainty=uncertainty, mask=mask, unit=unit)
+    return write_hdulist(path, ccd_hdulist(data, header, uncertainty, mask, unit))
+
+
+def write_hdulist(path, hdul):
+    """Write an HDU list atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:

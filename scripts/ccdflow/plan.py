@@ -6,7 +6,15 @@ impossible plan (a filter with lights but no flats, too few frames for a master)
 raises :class:`PlanError` with one message that says what is missing and how to fix it.
 """
 
-__all__ = ["MasterSpec", "Plan", "PlanError", "choose_dark", "detector", "make_plan"]
+__all__ = [
+    "MasterSpec",
+    "Plan",
+    "PlanError",
+    "choose_dark",
+    "choose_references",
+    "detector",
+    "make_plan",
+]
 
 from dataclasses import dataclass, field
 from statistics import median
@@ -231,4 +239,35 @@ def detector(record, cfg):
         "gain": pick("gain", "gain"),
         "read_noise": pick("read_noise", "rdnoise"),
         "saturation": saturation,
+    }
+
+
+def choose_references(lights, mode="object"):
+    """Alignment reference of every light frame.
+
+    The reference is the earliest frame (by DATE-OBS, then frame id) of the frame's
+    stack group (``mode='group'``) or of its object across filters and exposures
+    (``mode='object'``, so that stacks of one target are registered to each other).
+    Frames that arrive later in the night never move it.
+
+    Parameters
+    ----------
+    lights : dict
+        ``Plan.lights``: frame id -> {"record": frames.tsv row, ...}.
+    mode : {'object', 'group'}
+
+    Returns
+    -------
+    dict
+        frame id -> frame id of its reference.
+    """
+    key = "object" if mode == "object" else "group"
+    setups = {}
+    for frame, row in lights.items():
+        r = row["record"]
+        # frames of different setups (binning, size) cannot share a reference
+        setups.setdefault((r[key], r["setup"]), []).append((r["date"], frame))
+    first = {k: min(v)[1] for k, v in setups.items()}
+    return {
+        frame: first[(row["record"][key], row["record"]["setup"])] for frame, row in lights.items()
     }

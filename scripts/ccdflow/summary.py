@@ -1,6 +1,6 @@
 """What a run produced, and (for a generated night) how close it came to the truth."""
 
-__all__ = ["format_summary", "inventory_counts", "truth_report"]
+__all__ = ["format_summary", "inventory_counts", "stack_report", "truth_report"]
 
 import csv
 from pathlib import Path
@@ -115,6 +115,99 @@ def truth_report(workdir, truth):
     return out
 
 
+def _sky_noise(data, mask):
+    from astropy.stats import sigma_clipped_stats
+
+    return float(sigma_clipped_stats(data, mask=mask, sigma=3, stdfunc="mad_std")[2])
+
+
+def _star_fluxes(data, x, y, radius, annulus=(12.0, 18.0)):
+    import sep
+
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    flux, _, _ = sep.sum_circle(data, x, y, radius, subpix=5)
+    sky, _, _ = sep.sum_circann(data, x, y, *annulus, subpix=5)
+    ring = np.pi * (annulus[1] ** 2 - annulus[0] ** 2)
+    return flux - sky / ring * np.pi * radius**2
+
+
+def stack_report(workdir, truth):
+    """Per stack: noise gain over a single frame, and star fluxes against the truth.
+
+    Returns rows like :func:`truth_report`. The noise row compares the sky noise of one
+    aligned frame with that of the stack (expected: sqrt(N)); the flux row is the median
+    ratio of aperture fluxes (r = 3 FWHM) of bright, isolated, unsaturated stars to their
+    true flux x exposure.
+    """
+    from astropy.io import fits
+
+    from ccdflow import demo
+    from ccdflow.io import read_product
+
+    workdir = Path(workdir)
+    spec = truth["spec"]
+    stars = truth["stars"]
+    lights = {Path(f["file"]).stem: f for f in truth["frames"] if f["type"] == "light"}
+    out = []
+    for path in sorted((workdir / "results/stacks").glob("*.fits")):
+        with fits.open(path) as hdul:
+            data = hdul[0].data.astype(np.float32)
+            header = hdul[0].header
+            coverage = hdul["COVERAGE"].data
+        n = int(header["NCOMBINE"])
+        if n < 2:
+            continue
+        group = header["STKGROUP"]
+        aligned = sorted((workdir / "results/aligned" / group).glob("*.fits"))
+        one, _, _, one_mask = read_product(aligned[0])
+        full = coverage == n
+        gain = _sky_noise(one, (one_mask != 0) | ~full) / _sky_noise(data, ~full)
+        out.append(
+            dict(
+                product=path.name,
+                measure="single-frame / stack sky noise",
+                value=gain,
+                expected=float(np.sqrt(n)),
+            )
+        )
+        ref = lights[str(header["ALIGNREF"])]
+        frame = lights[Path(str(header["IMCMB001"])).stem]
+        filt, t = frame["filter"], frame["exptime"]
+        x, y = demo.transform_positions(
+            np.asarray(stars["x"]),
+            np.asarray(stars["y"]),
+            dx=ref["dx"],
+            dy=ref["dy"],
+            rot_deg=ref["rot_deg"],
+            shape=data.shape,
+        )
+        flux = np.asarray(stars[f"flux_{filt}"]) * t
+        radius = 3 * spec["fwhm"]
+        ny, nx = data.shape
+        inside = (x > 20) & (x < nx - 21) & (y > 20) & (y < ny - 21)
+        d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+        np.fill_diagonal(d, np.inf)
+        isolated = (d < 20).sum(axis=1) == 0
+        saturated = set()
+        for f in lights.values():
+            saturated.update(f.get("saturated_star_ids", []))
+        ok = inside & isolated & ~np.isin(np.arange(len(x)), list(saturated))
+        ok &= flux > 200 * np.sqrt(spec["read_noise"] ** 2 + 10 * t)
+        if ok.sum() >= 3:
+            measured = _star_fluxes(data, x[ok], y[ok], radius)
+            out.append(
+                dict(
+                    product=path.name,
+                    measure=f"star flux / truth ({int(ok.sum())} stars)",
+                    value=float(np.median(measured / flux[ok])),
+                    expected=1.0,
+                )
+            )
+    for row in out:
+        row["ratio"] = row["value"] / row["expected"]
+    return out
+
+
 def format_summary(workdir, truth=None):
     """Human-readable summary of a run (and of its truth comparison, if given)."""
     workdir = Path(workdir)
@@ -127,9 +220,16 @@ def format_summary(workdir, truth=None):
     lines += ["", f"Masters made: {len(masters)}", *(f"  {m}" for m in masters)]
     calibrated = list((workdir / "results/calibrated").glob("*.fits"))
     lines += ["", f"Frames calibrated: {len(calibrated)} (results/calibrated/)"]
+    stacks = sorted((workdir / "results/stacks").glob("*.fits"))
+    lines += ["", f"Stacks: {len(stacks)} (results/stacks/, previews in results/qc/previews/)"]
+    qc_path = workdir / "results/qc/frames.tsv"
+    if qc_path.exists():
+        excluded = [r for r in _rows(qc_path) if r["status"] != "ok"]
+        lines.append(f"  frames excluded from stacks: {len(excluded)} (results/qc/frames.tsv)")
+        lines += [f"    {r['frame']}: {r['reason']} {r['detail']}" for r in excluded]
     if truth is not None:
         lines += ["", "Against the truth of the generated night (ratio ~1 = noise-limited):"]
-        for r in truth_report(workdir, truth):
+        for r in truth_report(workdir, truth) + stack_report(workdir, truth):
             lines.append(
                 f"  {r['product']:32s} {r['measure']:38s} {r['value']:10.4g}"
                 f"  expected {r['expected']:9.4g}  ratio {r['ratio']:5.2f}"

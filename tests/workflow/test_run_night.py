@@ -56,6 +56,12 @@ def test_dry_run_plans_the_whole_night(run):
         "make_master_dark": 1,
         "make_master_flat": 2,
         "calibrate_frame": 8,
+        "clean_cosmics": 8,
+        "align_frame": 8,
+        "stack_group": 4,
+        "stack_raw_group": 4,
+        "make_preview": 4,
+        "collect_qc": 1,
         "all": 1,
     }
 
@@ -90,6 +96,27 @@ def test_products_and_provenance(run, night):
         assert h["BIASCORR"] == "bias_1x1_128x96.fits"
     # one log per job
     assert len(list((work / "logs/calibrate_frame").glob("*.log"))) == 8
+
+
+def test_one_stack_per_group_with_provenance(run):
+    work = run["work"]
+    qc = read_tsv(work / "results/qc/frames.tsv")
+    assert len(qc) == 8 and {r["status"] for r in qc} == {"ok"}
+    for group in ("M13demo_V_60", "M13demo_V_120", "M13demo_R_60", "M13demo_R_120"):
+        with fits.open(work / f"results/stacks/{group}.fits") as hdul:
+            assert [h.name for h in hdul] == ["PRIMARY", "UNCERT", "MASK", "COVERAGE"]
+            h = hdul[0].header
+            assert h["NCOMBINE"] == 2 and h["NEXCLUDE"] == 0
+            assert h["STKGROUP"] == group
+            assert h["ALIGNREF"].startswith("light_M13demo_")  # one reference per object
+            assert h["FLATCORR"].startswith("flat_1x1_128x96_")
+            assert h["COMBMETH"] == "sigma_clip" and h["IMCMB001"].startswith("light_")
+            assert hdul["COVERAGE"].data.max() == 2
+        assert (work / f"results/stacks/raw/{group}.fits").exists()
+        png = (work / f"results/qc/previews/{group}.png").read_bytes()
+        assert png.startswith(b"\x89PNG")
+    refs = {read_tsv(work / "results/qc/frames.tsv")[i]["reference"] for i in range(8)}
+    assert len(refs) == 1  # the whole object registered onto one frame
 
 
 def test_rerun_with_nothing_changed_does_nothing(run):
@@ -144,6 +171,32 @@ def test_demo_command_reports_truth_recovery(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ratios = [float(x) for x in re.findall(r"ratio\s+([0-9.]+)", proc.stdout)]
-    assert len(ratios) == 5  # bias, dark, 2 flats, calibrated frames
+    assert len(ratios) >= 9  # bias, dark, 2 flats, calibrated frames, 4 stack noise gains
     assert all(0.7 < r < 1.5 for r in ratios), proc.stdout
     assert "Frames calibrated: 8" in proc.stdout
+
+
+def test_a_frame_that_cannot_be_aligned_is_excluded_and_the_run_goes_on(night, tmp_path):
+    import numpy as np
+
+    raw = tmp_path / "raw"
+    shutil.copytree(night["raw_dir"], raw)
+    src = raw / "light_M13demo_V_060s_002.fits"
+    with fits.open(src) as hdul:
+        header = hdul[0].header.copy()
+        rng = np.random.default_rng(1)
+        noise = rng.normal(hdul[0].data.mean(), 8, hdul[0].data.shape).astype(np.uint16)
+    bad = raw / "light_M13demo_V_060s_003.fits"  # same group, but only noise: no stars
+    fits.PrimaryHDU(noise, header=header).writeto(bad)
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake(work, config={"raw_dir": raw})
+    assert proc.returncode == 0
+    qc = {r["frame"]: r for r in read_tsv(work / "results/qc/frames.tsv")}
+    assert qc["light_M13demo_V_060s_003"]["status"] == "rejected"
+    assert qc["light_M13demo_V_060s_003"]["reason"]
+    assert sum(r["status"] == "ok" for r in qc.values()) == 8
+    with fits.open(work / "results/stacks/M13demo_V_60.fits") as hdul:
+        h = hdul[0].header
+        assert h["NCOMBINE"] == 2 and h["NEXCLUDE"] == 1
+        assert h["EXCL001"].startswith("light_M13demo_V_060s_003: ")

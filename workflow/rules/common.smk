@@ -41,6 +41,8 @@ try:
     PLAN = ccd_plan.make_plan(INVENTORY, config["calibration"])
 except ccd_plan.PlanError as exc:
     raise WorkflowError(str(exc)) from None
+REFERENCES = ccd_plan.choose_references(PLAN.lights, config["align"]["reference"])
+GROUPS = PLAN.groups()
 for _message in PLAN.warnings:
     print(f"ccdflow: {_message}", file=sys.stderr)
 for _r in INVENTORY.rejected:
@@ -52,6 +54,7 @@ wildcard_constraints:
     exptime=r"[0-9.]+",
     filter=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     frame=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
+    group=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
 
 
 def _master(kind, wildcards):
@@ -139,8 +142,59 @@ def calibrate_params(wildcards):
     }
 
 
+def _group_of(frame):
+    return PLAN.lights[frame]["record"]["group"]
+
+
+def aligned_path(frame):
+    return f"results/aligned/{_group_of(frame)}/{frame}.fits"
+
+
+def align_inputs(wildcards):
+    """Input function of align_frame: the cleaned frame and its group's reference."""
+    row = _light(wildcards)
+    if row["record"]["group"] != wildcards.group:
+        raise WorkflowError(f"{wildcards.frame} is not in group {wildcards.group}")
+    reference = REFERENCES[wildcards.frame]
+    return {
+        "cleaned": f"results/cleaned/{wildcards.frame}.fits",
+        "reference": f"results/cleaned/{reference}.fits",
+    }
+
+
+def align_reference(wildcards):
+    return REFERENCES[wildcards.frame]
+
+
+def _members(wildcards):
+    try:
+        return GROUPS[wildcards.group]
+    except KeyError:
+        raise WorkflowError(f"no stack group {wildcards.group} in {RAW_DIR}") from None
+
+
+def group_aligned(wildcards):
+    """The aligned frames of a stack group."""
+    return [aligned_path(frame) for frame in _members(wildcards)]
+
+
+def group_raw(wildcards):
+    """The raw frames of a stack group (content tracked by fingerprint, see params)."""
+    records = [PLAN.lights[f]["record"] for f in _members(wildcards)]
+    return ancient([str(RAW_DIR / r["path"]) for r in records])
+
+
+def group_raw_frames(wildcards):
+    records = [PLAN.lights[f]["record"] for f in _members(wildcards)]
+    return [[str(RAW_DIR / r["path"]), r["hdu"], r["fingerprint"]] for r in records]
+
+
 def final_outputs():
     """Every product of a full run."""
     masters = [m.path for m in PLAN.masters.values()]
     frames = [f"results/calibrated/{frame}.fits" for frame in sorted(PLAN.lights)]
-    return masters + frames
+    stacks = [f"results/stacks/{g}.fits" for g in GROUPS]
+    raw_stacks = [f"results/stacks/raw/{g}.fits" for g in GROUPS]
+    previews = [f"results/qc/previews/{g}.png" for g in GROUPS]
+    qc = ["results/qc/frames.tsv"] if GROUPS else []
+    return masters + frames + stacks + raw_stacks + previews + qc
