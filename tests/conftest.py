@@ -1,6 +1,7 @@
 """Shared test helpers: run real Snakemake in a temp dir, locate ../shared/data."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,14 @@ def read_tsv(path):
     lines = Path(path).read_text().splitlines()
     head = lines[0].split("\t")
     return [dict(zip(head, line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+def planned_jobs(stdout):
+    """rule -> job count from the 'Job stats' table of a dry run."""
+    table = stdout.split("Job stats:", 1)[1]
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
+    }
 
 
 @pytest.fixture(scope="session")
