@@ -3,6 +3,8 @@
 ``ccdflow demo``     generate a synthetic night with known truth, reduce it with the
                      workflow (real Snakemake), print a summary against the truth;
 ``ccdflow night``    only generate a night (see ``ccdflow.demo``);
+``ccdflow inspect``  what a run would do with a raw directory: the classified frames,
+                     the masters, and the masters and reference of every light frame;
 ``ccdflow summary``  summarise the results of a run in a working directory.
 """
 
@@ -53,6 +55,48 @@ def _summary(args):
     return 0
 
 
+def _inspect(args):
+    from ccdflow import config as ccd_config
+    from ccdflow import inventory, plan
+
+    try:
+        cfg = ccd_config.load(args.configfile, {"raw_dir": str(args.raw_dir)})
+    except Exception as exc:  # a schema error: say which key, no traceback
+        print(f"configuration error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    inv = inventory.scan(args.raw_dir, cfg["inventory"], grouping=cfg["group_by"])
+    print(f"{len(inv.frames)} frames in {args.raw_dir}, {len(inv.rejected)} rejected")
+    counts = {}
+    for f in inv.frames:
+        key = (f["setup"], f["imagetyp"], f["filter"] or "-", f["expgroup"])
+        counts[key] = counts.get(key, 0) + 1
+    print(f"\n  {'setup':16s} {'type':6s} {'filter':10s} {'exposure':>9s} {'n':>5s}")
+    for (setup, t, filt, exp), n in sorted(counts.items()):
+        print(f"  {setup:16s} {t:6s} {filt:10s} {exp:>8s}s {n:5d}")
+    for r in inv.rejected:
+        print(f"  rejected {r['path']}: {r['reason']} {r['detail']}")
+    try:
+        p = plan.make_plan(inv, cfg["calibration"])
+    except plan.PlanError as exc:
+        print(f"\nthe reduction is impossible: {exc}", file=sys.stderr)
+        return 1
+    refs = plan.choose_references(p.lights, cfg["align"]["reference"])
+    print("\nmasters:")
+    for m in p.masters.values():
+        extra = f" (bias {m.bias}" + (f", dark {m.dark})" if m.dark else ")") if m.bias else ""
+        print(f"  {m.name:36s} from {len(m.frames):3d} frames{extra}")
+    print("\nlight frames -> bias, dark (scale), flat; alignment reference:")
+    for frame, use in sorted(p.lights.items()):
+        dark = f"{use['dark']} x{use['dark_scale']:.4g}" if use["dark"] else "no dark"
+        print(
+            f"  {frame:32s} {use['bias'] or 'no bias'}, {dark}, {use['flat'] or 'no flat'}"
+            f"; ref {refs[frame]}"
+        )
+    for w in p.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
 def main(argv=None):
     """Entry point of the ``ccdflow`` command."""
     parser = argparse.ArgumentParser(prog="ccdflow", description=__doc__.split("\n")[0])
@@ -67,6 +111,10 @@ def main(argv=None):
     p = sub.add_parser("night", help="only generate a night (python -m ccdflow.demo)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: __import__("ccdflow.demo").demo.main(a.rest))
+    p = sub.add_parser("inspect", help="show what a run would do with a raw directory")
+    p.add_argument("raw_dir", type=Path)
+    p.add_argument("--configfile", action="append", default=[], help="config layer(s)")
+    p.set_defaults(func=_inspect)
     p = sub.add_parser("summary", help="summarise the results in a working directory")
     p.add_argument("--workdir", default=".")
     p.add_argument("--truth", help="folder of a generated night (holds truth/)")
