@@ -14,8 +14,10 @@ __all__ = [
     "choose_references",
     "detector",
     "make_plan",
+    "night_of",
 ]
 
+import datetime as _dt
 from dataclasses import dataclass, field
 from statistics import median
 
@@ -38,6 +40,7 @@ class MasterSpec:
     bias: str | None = None
     dark: str | None = None
     dark_scales: list = field(default_factory=list)
+    temperature: float | None = None
 
     @property
     def path(self):
@@ -100,8 +103,48 @@ def _require(frames, kind, key, minimum, fix):
         )
 
 
+def night_of(date, utc_offset_hours=0.0):
+    """The night a DATE-OBS belongs to, as the date of its evening (``YYYYMMDD``).
+
+    A night runs from local noon to local noon; local time = UTC + ``utc_offset_hours``.
+    Returns ``''`` for a missing or unreadable date.
+    """
+    try:
+        t = _dt.datetime.fromisoformat(str(date).strip().replace("Z", ""))
+    except ValueError:
+        return ""
+    return (t + _dt.timedelta(hours=utc_offset_hours - 12)).strftime("%Y%m%d")
+
+
+def _days(a, b):
+    """Nights apart; an unknown night matches any other after all known ones."""
+    if a == b:
+        return 0
+    if not a or not b:
+        return 10**6
+    fmt = "%Y%m%d"
+    return abs((_dt.datetime.strptime(a, fmt) - _dt.datetime.strptime(b, fmt)).days)
+
+
+def _nearest(options, night, max_days):
+    """(night, value) of ``options`` (night -> value) nearest to ``night`` within
+    ``max_days`` (earlier night on ties), or (None, None); plus the candidates seen."""
+    ranked = sorted((_days(n, night), n) for n in options)
+    seen = [f"night {n} ({d} d)" if n else "one set" for d, n in ranked]
+    for d, n in ranked:
+        if d <= max_days or not night or not n:
+            return n, options[n], seen
+    return None, None, seen
+
+
 def make_plan(inventory, cfg):
     """Build the plan.
+
+    Without ``by_night`` every setup has one calibration set. With it, calibration
+    frames form one set per night (DATE-OBS, local noon to noon), and each frame uses,
+    for each step, the set of its own night if it has that master, else the nearest
+    night's within ``max_night_gap`` days (earlier night on ties); darks can also be
+    required to match the frame's temperature within ``dark_max_temp_diff``.
 
     Parameters
     ----------
@@ -116,61 +159,105 @@ def make_plan(inventory, cfg):
     plan = Plan()
     minimum = cfg["min_frames"]
     fix = "Add frames, lower the minimum, or exclude them (inventory.exclude)."
-    setups = sorted({f["setup"] for f in inventory.frames})
-    for setup in setups:
-        frames = [f for f in inventory.frames if f["setup"] == setup]
-        by_type = {t: [f for f in frames if f["imagetyp"] == t] for t in ("bias", "dark", "flat")}
-        lights = [f for f in frames if f["imagetyp"] == "light"]
+    by_night = cfg.get("by_night", False)
+    offset = cfg.get("night_utc_offset_hours", 0.0)
+    gap = cfg.get("max_night_gap", 30) if by_night else 10**9
+    max_dt = cfg.get("dark_max_temp_diff")
 
-        bias = None
-        if by_type["bias"] and cfg.get("use_bias", True):
-            _require(by_type["bias"], "bias", f"(setup {setup})", minimum["bias"], fix)
-            bias = MasterSpec("bias", f"bias_{setup}", setup, by_type["bias"])
-            plan.masters[bias.name] = bias
-        elif lights:
-            why = "calibration.use_bias is false" if by_type["bias"] else "no bias frames"
+    def night(f):
+        return night_of(f.get("date", ""), offset) if by_night else ""
+
+    def tag(setup, n):
+        return f"{setup}_{n or 'undated'}" if by_night else setup
+
+    for setup in sorted({f["setup"] for f in inventory.frames}):
+        frames = [f for f in inventory.frames if f["setup"] == setup]
+        of = {t: [f for f in frames if f["imagetyp"] == t] for t in ("bias", "dark", "flat")}
+        lights = [f for f in frames if f["imagetyp"] == "light"]
+        nights = sorted({night(f) for f in frames})
+
+        biases = {}
+        if cfg.get("use_bias", True):
+            for n in nights:
+                members = [f for f in of["bias"] if night(f) == n]
+                if members:
+                    key = f"(setup {tag(setup, n)})"
+                    _require(members, "bias", key, minimum["bias"], fix)
+                    spec = MasterSpec("bias", f"bias_{tag(setup, n)}", setup, members)
+                    biases[n] = plan.masters[spec.name] = spec
+        if lights and not biases:
+            why = "calibration.use_bias is false" if of["bias"] else "no bias frames"
             plan.warnings.append(f"setup {setup}: {why}, bias step skipped")
 
-        darks = []
-        if cfg.get("use_dark", True):
+        darks = {}
+        for n in nights if cfg.get("use_dark", True) else []:
             groups = {}
-            for f in by_type["dark"]:
-                groups.setdefault(f["expgroup"], []).append(f)
+            for f in of["dark"]:
+                if night(f) == n:
+                    groups.setdefault(f["expgroup"], []).append(f)
+            bias = _nearest(biases, n, gap)[1]
             for label, members in sorted(groups.items()):
-                _require(members, "dark", f"{label} s (setup {setup})", minimum["dark"], fix)
+                key = f"{label} s (setup {tag(setup, n)})"
+                _require(members, "dark", key, minimum["dark"], fix)
+                temps = [f["temperature"] for f in members if f.get("temperature") is not None]
                 d = MasterSpec(
                     "dark",
-                    f"dark_{setup}_{label}s",
+                    f"dark_{tag(setup, n)}_{label}s",
                     setup,
                     members,
                     exptime=median(f["exptime"] for f in members),
                     expgroup=label,
                     bias=bias.name if bias else None,
                 )
+                d.temperature = median(temps) if temps else None
                 plan.masters[d.name] = d
-                darks.append(d)
-        scalable = bias is not None and cfg.get("dark_scaling", True)
+                darks.setdefault(n, []).append(d)
+
+        def pick_dark(f, darks=darks):
+            """Nearest night with darks (of a matching temperature), then choose_dark."""
+            pool = {}
+            for n, ds in darks.items():
+                ok = [
+                    d
+                    for d in ds
+                    if max_dt is None
+                    or f.get("temperature") is None
+                    or d.temperature is None
+                    or abs(d.temperature - f["temperature"]) <= max_dt
+                ]
+                if ok:
+                    pool[n] = ok
+            n, ds, seen = _nearest(pool, night(f), gap)
+            if ds is None:
+                return None, 0.0, seen
+            scalable = ds[0].bias is not None and cfg.get("dark_scaling", True)
+            d, scale = choose_dark(f["exptime"], f["expgroup"], ds, scalable)
+            return d, scale, seen
 
         flats = {}
-        for f in by_type["flat"] if cfg.get("use_flat", True) else []:
-            flats.setdefault(f["filter"], []).append(f)
-        for filt, members in sorted(flats.items()):
-            _require(members, "flat", f"filter {filt} (setup {setup})", minimum["flat"], fix)
+        for f in of["flat"] if cfg.get("use_flat", True) else []:
+            flats.setdefault((night(f), f["filter"]), []).append(f)
+        flat_specs = {}
+        for (n, filt), members in sorted(flats.items()):
+            key = f"filter {filt} (setup {tag(setup, n)})"
+            _require(members, "flat", key, minimum["flat"], fix)
+            bias = _nearest(biases, n, gap)[1]
             spec = MasterSpec(
                 "flat",
-                f"flat_{setup}_{filt}",
+                f"flat_{tag(setup, n)}_{filt}",
                 setup,
                 members,
                 filter=filt,
                 bias=bias.name if bias else None,
             )
-            picks = [choose_dark(f["exptime"], f["expgroup"], darks, scalable) for f in members]
+            picks = [pick_dark(f)[:2] for f in members]
             chosen = {p[0].name for p in picks if p[0] is not None}
             if chosen:
                 # One dark for the whole master (the one most flats chose), each flat scaled
                 # by its own exposure unless it sits in the dark's own exposure group.
                 name = max(sorted(chosen), key=[p[0] and p[0].name for p in picks].count)
                 dark = plan.masters[name]
+                scalable = dark.bias is not None and cfg.get("dark_scaling", True)
                 spec.dark = name
                 spec.dark_scales = [
                     f["exptime"] / dark.exptime
@@ -179,38 +266,45 @@ def make_plan(inventory, cfg):
                     for f in members
                 ]
             plan.masters[spec.name] = spec
+            flat_specs.setdefault(filt, {})[n] = spec
 
-        missing = sorted({f["filter"] for f in lights} - set(flats))
-        if missing and cfg.get("use_flat", True) and cfg.get("require_flat", True):
-            counts = ", ".join(
-                f"{m} ({sum(f['filter'] == m for f in lights)} light frames)" for m in missing
-            )
-            raise PlanError(
-                f"setup {setup}: no flat frames for filter(s) {counts}. Add flats of these "
-                "filters to raw_dir, or set calibration.require_flat: false to calibrate "
-                "them without a flat."
-            )
+        missing = {}
         for f in lights:
-            dark, scale = choose_dark(f["exptime"], f["expgroup"], darks, scalable)
-            if dark is None and by_type["dark"] and cfg.get("use_dark", True):
-                if bias is None:
+            _, bias, bias_seen = _nearest(biases, night(f), gap)
+            dark, scale, dark_seen = pick_dark(f)
+            _, flat, flat_seen = _nearest(flat_specs.get(f["filter"], {}), night(f), gap)
+            if flat is None and cfg.get("use_flat", True):
+                missing.setdefault(f["filter"], []).append(f)
+            if dark is None and of["dark"] and cfg.get("use_dark", True):
+                if not any(d.bias for ds in darks.values() for d in ds):
                     why = "darks cannot be scaled without a bias"
                 elif not cfg.get("dark_scaling", True):
                     why = "calibration.dark_scaling is false"
+                elif by_night or max_dt is not None:
+                    why = "no dark within the night gap / temperature limit"
                 else:
                     why = "zero-second darks cannot be scaled"
                 plan.warnings.append(
                     f"{f['path']}: no usable dark (no dark of {f['expgroup']} s and {why});"
                     " dark step skipped"
                 )
-            flat = flats.get(f["filter"]) and f"flat_{setup}_{f['filter']}"
             plan.lights[f["frame"]] = {
                 "record": f,
+                "night": night(f),
                 "bias": bias.name if bias else None,
                 "dark": dark.name if dark else None,
                 "dark_scale": scale,
-                "flat": flat if cfg.get("use_flat", True) else None,
+                "flat": flat.name if flat is not None else None,
+                "candidates": {"bias": bias_seen, "dark": dark_seen, "flat": flat_seen},
             }
+        if missing and cfg.get("use_flat", True) and cfg.get("require_flat", True):
+            counts = ", ".join(f"{m} ({len(v)} light frames)" for m, v in sorted(missing.items()))
+            within = f" within {gap} nights" if by_night else ""
+            raise PlanError(
+                f"setup {setup}: no flat frames{within} for filter(s) {counts}. Add flats "
+                "of these filters to raw_dir, or set calibration.require_flat: false to "
+                "calibrate them without a flat."
+            )
     return plan
 
 

@@ -309,3 +309,79 @@ def test_detector_saturation_falls_back_to_the_data_type_maximum(tmp_path):
     got = plan.detector(rows["u16.fits"], CONFIG["detector"])
     assert got == {"gain": None, "read_noise": None, "saturation": 65535.0}
     assert plan.detector(rows["f32.fits"], CONFIG["detector"])["saturation"] is None
+
+
+# --- calibration sets across nights ------------------------------------------------
+
+
+def _frame(name, imagetyp, date, *, exptime=60.0, filt="V", temperature=None):
+    return {
+        "frame": name,
+        "path": f"{name}.fits",
+        "imagetyp": imagetyp,
+        "exptime": 0.0 if imagetyp == "bias" else exptime,
+        "expgroup": inventory.exposure_label(exptime) if imagetyp != "bias" else "0",
+        "filter": "" if imagetyp in ("bias", "dark") else filt,
+        "object": "M1" if imagetyp == "light" else "",
+        "group": f"M1_{filt}_60" if imagetyp == "light" else "",
+        "setup": "1x1_10x8",
+        "date": date,
+        "temperature": temperature,
+    }
+
+
+def _cfg():
+    return copy.deepcopy(CONFIG["calibration"])
+
+
+def _two_nights(cal_date="2024-03-15T22:00:00", light_dates=("2024-03-15T23:00:00",)):
+    frames = []
+    for i in range(3):
+        frames.append(_frame(f"b{i}", "bias", cal_date))
+        frames.append(_frame(f"d{i}", "dark", cal_date, temperature=-20.0))
+        frames.append(_frame(f"f{i}", "flat", cal_date, exptime=2.0))
+    for j, date in enumerate(light_dates):
+        frames.append(_frame(f"l{j}", "light", date, temperature=-20.0))
+    return inventory.Inventory(frames=frames)
+
+
+def test_night_is_local_noon_to_noon():
+    assert plan.night_of("2024-03-16T03:00:00") == "20240315"  # after midnight: same night
+    assert plan.night_of("2024-03-15T13:00:00") == "20240315"
+    assert plan.night_of("2024-03-16T03:00:00", utc_offset_hours=-10) == "20240315"
+    assert plan.night_of("2024-03-16T01:00:00", utc_offset_hours=+12) == "20240316"
+    assert plan.night_of("") == "" and plan.night_of("garbage") == ""
+
+
+def test_lights_of_a_night_without_calibrations_use_the_nearest_nights():
+    inv = _two_nights(light_dates=("2024-03-15T23:00:00", "2024-03-17T01:00:00"))
+    cfg = {**_cfg(), "by_night": True}
+    p = plan.make_plan(inv, cfg)
+    assert sorted(p.masters) == [
+        "bias_1x1_10x8_20240315",
+        "dark_1x1_10x8_20240315_60s",
+        "flat_1x1_10x8_20240315_V",
+    ]
+    second = p.lights["l1"]
+    assert second["night"] == "20240316"
+    assert second["bias"] == "bias_1x1_10x8_20240315"
+    assert second["flat"] == "flat_1x1_10x8_20240315_V"
+    assert second["candidates"]["flat"] == ["night 20240315 (1 d)"]  # recorded, with distance
+
+
+def test_masters_beyond_the_night_gap_are_not_used():
+    inv = _two_nights(light_dates=("2024-05-30T23:00:00",))
+    with pytest.raises(plan.PlanError, match="within 30 nights"):
+        plan.make_plan(inv, {**_cfg(), "by_night": True})
+    p = plan.make_plan(inv, {**_cfg(), "by_night": True, "max_night_gap": 90})
+    assert p.lights["l0"]["flat"] == "flat_1x1_10x8_20240315_V"
+
+
+def test_darks_can_be_required_to_match_the_temperature():
+    inv = _two_nights()
+    inv.frames[-1]["temperature"] = -5.0  # the light was taken warm
+    p = plan.make_plan(inv, {**_cfg(), "dark_max_temp_diff": 2.0})
+    assert p.lights["l0"]["dark"] is None
+    assert any("no usable dark" in w for w in p.warnings)
+    p = plan.make_plan(inv, {**_cfg(), "dark_max_temp_diff": 20.0})
+    assert p.lights["l0"]["dark"] == "dark_1x1_10x8_60s"

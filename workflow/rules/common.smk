@@ -42,6 +42,25 @@ try:
 except ccd_plan.PlanError as exc:
     raise WorkflowError(str(exc)) from None
 REFERENCES = ccd_plan.choose_references(PLAN.lights, config["align"]["reference"])
+ccd_inventory.write_tsv(
+    "results/index/calibration.tsv",
+    [
+        {
+            "frame": frame,
+            "night": row["night"],
+            "bias": row["bias"] or "",
+            "dark": row["dark"] or "",
+            "dark_scale": round(row["dark_scale"], 6),
+            "flat": row["flat"] or "",
+            "reference": REFERENCES[frame],
+            "candidates": "; ".join(
+                f"{k}: {' '.join(v)}" for k, v in row["candidates"].items() if v
+            ),
+        }
+        for frame, row in sorted(PLAN.lights.items())
+    ],
+    ("frame", "night", "bias", "dark", "dark_scale", "flat", "reference", "candidates"),
+)
 GROUPS = PLAN.groups()
 for _message in PLAN.warnings:
     print(f"ccdflow: {_message}", file=sys.stderr)
@@ -50,19 +69,13 @@ for _r in INVENTORY.rejected:
 
 
 wildcard_constraints:
-    setup=r"\d+x\d+_\d+x\d+(_[A-Za-z0-9.+-]+)?",
-    exptime=r"[0-9.]+",
-    filter=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
+    tag=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     frame=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     group=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
 
 
 def _master(kind, wildcards):
-    name = {
-        "bias": "bias_{setup}",
-        "dark": "dark_{setup}_{exptime}s",
-        "flat": "flat_{setup}_{filter}",
-    }[kind].format(**wildcards)
+    name = f"{kind}_{wildcards.tag}"
     try:
         return PLAN.masters[name]
     except KeyError:

@@ -5,11 +5,11 @@ rule make_master_bias:
     input:
         unpack(master_inputs("bias")),
     output:
-        master="results/masters/bias_{setup}.fits",
+        master="results/masters/bias_{tag}.fits",
     log:
-        "logs/make_master_bias/{setup}.log",
+        "logs/make_master_bias/{tag}.log",
     benchmark:
-        "benchmarks/make_master_bias/{setup}.tsv"
+        "benchmarks/make_master_bias/{tag}.tsv"
     conda:
         "../../envs/ccdflow.yaml"
     resources:
@@ -26,11 +26,11 @@ rule make_master_dark:
     input:
         unpack(master_inputs("dark")),
     output:
-        master="results/masters/dark_{setup}_{exptime}s.fits",
+        master="results/masters/dark_{tag}.fits",
     log:
-        "logs/make_master_dark/{setup}_{exptime}s.log",
+        "logs/make_master_dark/{tag}.log",
     benchmark:
-        "benchmarks/make_master_dark/{setup}_{exptime}s.tsv"
+        "benchmarks/make_master_dark/{tag}.tsv"
     conda:
         "../../envs/ccdflow.yaml"
     resources:
@@ -47,11 +47,11 @@ rule make_master_flat:
     input:
         unpack(master_inputs("flat")),
     output:
-        master="results/masters/flat_{setup}_{filter}.fits",
+        master="results/masters/flat_{tag}.fits",
     log:
-        "logs/make_master_flat/{setup}_{filter}.log",
+        "logs/make_master_flat/{tag}.log",
     benchmark:
-        "benchmarks/make_master_flat/{setup}_{filter}.tsv"
+        "benchmarks/make_master_flat/{tag}.tsv"
     conda:
         "../../envs/ccdflow.yaml"
     resources:
