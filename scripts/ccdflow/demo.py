@@ -1,10 +1,14 @@
 """Synthetic "demo night" with known truth: raw CCD frames plus everything that made them.
 
 ``make_night(outdir)`` writes ``outdir/raw/*.fits`` (bias, darks, twilight flats and dithered
-light frames with MaxIm-DL-like headers) and ``outdir/truth/`` (what the pipeline should recover).
-Same seed and spec give byte-identical raw files: one ``numpy.random.Generator`` is drawn in a
-fixed order (bias pattern, dark rate, flats, stars, night plan, then each frame in file order:
-cosmic rays, Poisson, read noise), and DATE-OBS comes from ``NightSpec.start``, not the clock.
+light frames with MaxIm-DL-like headers, or another camera style, see below) and
+``outdir/truth/`` (what the pipeline should recover). Same seed and spec give byte-identical raw
+files: one ``numpy.random.Generator`` is drawn in a fixed order (bias pattern, dark rate, flats,
+stars, night plan, then each frame in file order: cosmic rays, Poisson, read noise), and DATE-OBS
+comes from ``NightSpec.start``, not the clock. Everything a camera style adds (the "pro" bias
+drift and overscan noise) comes from a second generator, seeded by
+``SeedSequence(seed).spawn(1)[0]``, so every style sees the same sky, stars, dithers and noise in
+its image area as the default style with the same seed and night plan.
 
 Geometry
 --------
@@ -22,19 +26,73 @@ with ``bias = bias_level + pattern`` in ADU. Cosmic rays hit lights and darks on
 pixel-integrated Gaussians (erf), so star fluxes are in e-/s *before* the flat (what a
 flat-fielded frame measures). Closed-shutter frames carry ``FILTER = closed_filter``.
 
+Camera styles (``NightSpec.camera``)
+------------------------------------
+Types are bias, dark, flat, light; the card holding them and its values depend on the style.
+``OBJECT`` (= ``NightSpec.object``) is on light frames only, in every style. Closed-shutter frames
+carry the filter ``closed_filter`` in whatever filter card the style has.
+
+``"maxim"`` (default, MaxIm DL): ``IMAGETYP`` = 'Bias Frame', 'Dark Frame', 'Flat Field', 'Light
+Frame'; EXPTIME and EXPOSURE, FILTER, OBJECT, DATE-OBS, GAIN (e-/ADU), RDNOISE (e-), XBINNING,
+YBINNING, CCD-TEMP, INSTRUME, TELESCOP. Files ``bias_001.fits``, ``dark_300s_001.fits``,
+``flat_V_001.fits``, ``light_<object>_V_060s_001.fits``.
+
+``"pro"`` (observatory CCD, NOAO/IRAF-like): no IMAGETYP; ``OBSTYPE`` = 'zero', 'dark', 'flat',
+'object'; EXPTIME (no EXPOSURE), FILTER, OBJECT, DATE-OBS, GAIN, RDNOISE, CCDSUM = '1 1' (no
+XBINNING/YBINNING), CCDTEMP, BIASSEC = ``[nx+3:nx+oc,1:ny]``, TRIMSEC = DATASEC =
+``[1:nx,1:ny]``, INSTRUME, TELESCOP (oc = ``overscan_cols``; the two overscan columns next to
+the image are left out of BIASSEC, as usual, though here they hold the same as the others).
+Each raw frame is (ny, nx + oc): the image area, then ``oc`` serial-overscan columns on the
+right. The bias of frame f has a row level ``L_f(y) = bias_level + bias_offset_f + bias_ramp_f *
+(y / (ny - 1) - 0.5)`` (ADU, y = 0-based row, so ``bias_ramp_f`` = last row minus first row);
+``bias_offset_f = bias_drift * sin(2 pi tau / 2 h + phi) + N(0, bias_drift / 5)`` (tau: hours
+since ``start``, phi random per night) and ``bias_ramp_f ~ U(-bias_ramp, bias_ramp)``. Image
+area: the model above with ``bias + L_f(y) - bias_level`` instead of ``bias``. Overscan:
+``clip(rint(N(0, read_noise) / gain + L_f(y)), 0, saturation)``, nothing else (no light, dark
+current or cosmic rays: overscan pixels are read-outs of an empty register). After subtracting
+``L_f`` row by row, every frame's bias is ``bias - bias_level``. File names as "maxim".
+
+``"amateur"`` (N.I.N.A.-like CMOS/CCD): ``IMAGETYP`` = 'Bias Frame', 'Dark Frame', 'Flat Frame',
+'Light Frame'; EXPOSURE only (no EXPTIME), ``FILTNAME`` (no FILTER), OBJECT, DATE-OBS, XBINNING,
+YBINNING, ``EGAIN`` (e-/ADU), ``GAIN`` = 100 and ``OFFSET`` = 50 (the camera's gain and offset
+*settings*, not e-/ADU), no RDNOISE, CCD-TEMP, SET-TEMP, INSTRUME, TELESCOP. File names and
+data as "maxim".
+
+``"nameonly"``: the "maxim" header without IMAGETYP (no type card at all); the type is only in
+the file name: ``bias_001.fits``, ``dark_300s_001.fits``, ``flat_V_001.fits`` and lights
+``<object>_<filter>_<exp>_<nnn>.fits`` (e.g. ``M13demo_V_060s_001.fits``, no ``light_`` prefix).
+Names use only [A-Za-z0-9.+-] within a field and ``_`` between fields.
+
+Nights (``NightSpec.n_nights``, any style): calibrations (bias, darks, flats) are all taken on
+night 1; the lights of each (exposure, filter) are split in consecutive blocks of their number
+over the nights (``i``-th of n_lights on night ``(i - 1) * n_nights // n_lights + 1``, numbering
+continuous across nights). Night k's lights start at the clock time of night 1's, k - 1 days
+later (DATE-OBS is UTC). Truth names a frame's night by ``night`` = the date of the evening it
+began, ``date(start) + (k - 1) days`` (the site is taken to keep UTC, so "local" = UTC date of
+``start``), and ``night_index`` = k.
+
 Truth (``outdir/truth/``)
 -------------------------
 ``truth.json`` (seed, version, spec, file names, one entry per raw frame), ``bias.fits`` (ADU),
 ``dark_rate.fits`` (e-/s), ``flat_<filter>.fits`` (median of the central half in each axis = 1),
 ``stars.ecsv`` (id = row, x, y, flux_<filter> in e-/s) and ``cosmics/<stem>.fits`` (uint8, 1 where
 a cosmic ray deposited charge). Lights also list ``saturated_star_ids``: stars whose nearest pixel
-reaches ``saturation`` in the noiseless frame.
+reaches ``saturation`` in the noiseless frame. All images refer to the image area (for "pro",
+``bias.fits`` is ``bias_level + pattern`` without any frame's offset or ramp). ``truth.json``
+``camera`` names the style and its cards (``type_keyword``, ``exptime_keyword``,
+``filter_keyword``, ``gain_keyword``, ``raw_shape`` and, for "pro", ``biassec``, ``trimsec``,
+``datasec``). Each frame has ``type``, ``imagetyp`` (the value of the type card, null for
+"nameonly"), ``night``, ``night_index``; for "pro" also ``bias_offset`` and ``bias_ramp`` (ADU)
+and ``overscan`` = ``overscan/<stem>.fits``: ``L_f(y)`` as a float64 array of ny values (ADU, the
+expectation of the overscan pixels of each row; `frame_bias` gives the 2-D bias of the area).
 """
 
 __all__ = [
+    "CAMERAS",
     "PRESETS",
     "NightSpec",
     "expected_electrons",
+    "frame_bias",
     "load_truth",
     "main",
     "make_night",
@@ -60,6 +118,20 @@ from scipy.special import erf
 from ccdflow import __version__
 
 _IMAGETYP = dict(bias="Bias Frame", dark="Dark Frame", flat="Flat Field", light="Light Frame")
+#: Camera styles (see the module docstring): the card holding the frame type and its values.
+CAMERAS = {
+    "maxim": dict(type_keyword="IMAGETYP", types=_IMAGETYP),
+    "pro": dict(
+        type_keyword="OBSTYPE", types=dict(bias="zero", dark="dark", flat="flat", light="object")
+    ),
+    "amateur": dict(
+        type_keyword="IMAGETYP",
+        types=dict(bias="Bias Frame", dark="Dark Frame", flat="Flat Frame", light="Light Frame"),
+    ),
+    "nameonly": dict(type_keyword=None, types=dict.fromkeys(_IMAGETYP)),
+}
+_OVERSCAN_SKIP = 2  # overscan columns next to the image left out of BIASSEC
+_DRIFT_PERIOD_H = 2.0  # period of the "pro" bias drift (hours)
 _READOUT_S = 10.0  # s between the end of one exposure and the start of the next
 _STAMP_FWHM = 4.0  # star stamps extend this many FWHM either side of the centre
 
@@ -71,7 +143,9 @@ class NightSpec:
     Units: ADU for ``bias_*``, ``flat_level`` and ``saturation``; electrons (e-) for
     ``read_noise`` and ``cosmic_charge`` (per pixel); e-/s/px for ``dark_current``,
     ``hot_pixel_rate`` and ``sky``; e-/s total for ``star_flux``; seconds for exposure times;
-    pixels for ``shape`` (ny, nx), ``fwhm`` and ``max_shift``; cosmic-ray events / s / 1e4 px.
+    pixels for ``shape`` (ny, nx, the image area), ``fwhm``, ``max_shift`` and
+    ``overscan_cols``; cosmic-ray events / s / 1e4 px. ``camera`` is a key of `CAMERAS`;
+    ``bias_drift`` and ``bias_ramp`` (ADU) and ``overscan_cols`` only act for "pro".
     ``sky`` and ``colour`` map filter -> value (pairs). Star fluxes follow dN/dF ~
     F**-star_flux_index (index != 1) in ``filters[0]``; other filters get ``colour`` times a
     per-star factor U(1 - colour_spread, 1 + colour_spread). Ranges are (low, high), inclusive.
@@ -117,6 +191,11 @@ class NightSpec:
     cosmic_length: tuple[int, int] = (1, 6)
     cosmic_charge: tuple[float, float] = (300.0, 5000.0)
     start: str = "2024-03-15T17:30:00.000"
+    camera: str = "maxim"
+    n_nights: int = 1
+    overscan_cols: int = 32
+    bias_drift: float = 10.0
+    bias_ramp: float = 4.0
 
     def __post_init__(self):
         # Accept lists (JSON, CLI) wherever a tuple is expected, so specs round-trip.
@@ -129,6 +208,13 @@ class NightSpec:
             missing = set(self.filters) - dict(getattr(self, name)).keys()
             if missing:
                 raise ValueError(f"NightSpec.{name} has no value for filter(s) {sorted(missing)}")
+        if self.camera not in CAMERAS:
+            raise ValueError(f"NightSpec.camera {self.camera!r} is not one of {list(CAMERAS)}")
+        if not 1 <= self.n_nights <= max(self.n_lights, 1):
+            msg = f"NightSpec.n_nights = {self.n_nights} must be in 1..n_lights ({self.n_lights})"
+            raise ValueError(msg)
+        if self.overscan_cols <= _OVERSCAN_SKIP:
+            raise ValueError(f"NightSpec.overscan_cols must be > {_OVERSCAN_SKIP}")
 
 
 #: Named starting points for `make_night`; "demo" is the `NightSpec` defaults.
@@ -246,6 +332,36 @@ def expected_electrons(truth, frame):
     return flat * (frame["sky_e_per_s"] + img) * t + dark
 
 
+def frame_bias(truth, frame):
+    """Bias of the image area of one frame (ADU): ``bias``, plus ``L_f(y) - bias_level`` for "pro".
+
+    Parameters
+    ----------
+    truth : dict
+        As returned by `make_night` or `load_truth`.
+    frame : dict or str
+        An entry of ``truth["frames"]`` or its ``file`` name.
+
+    Returns
+    -------
+    ndarray
+        float64 image (ADU), the expectation of a raw frame with no signal.
+    """
+    if isinstance(frame, str):
+        frame = next(f for f in truth["frames"] if f["file"] == frame)
+    bias = truth["bias"].astype(np.float64)
+    if "overscan" not in frame:
+        return bias
+    level = _row_levels(truth["spec"], frame["bias_offset"], frame["bias_ramp"])
+    return bias + (level - truth["spec"]["bias_level"])[:, None]
+
+
+def _row_levels(spec, offset, ramp):
+    """``L_f(y)`` of the "pro" style (ADU per row)."""
+    spec = spec if isinstance(spec, dict) else dataclasses.asdict(spec)
+    return spec["bias_level"] + offset + ramp * np.linspace(-0.5, 0.5, spec["shape"][0])
+
+
 def _frame_xy(stars, frame, shape):
     dither = {k: frame[k] for k in ("dx", "dy", "rot_deg")}
     return transform_positions(stars["x"], stars["y"], shape=shape, **dither)
@@ -317,14 +433,17 @@ def _stars(spec, rng):
 
 
 def _plan(spec, rng):
-    """The night's frames in acquisition order (bias, darks, flats, lights) with their truth."""
-    clock = _dt.datetime.fromisoformat(spec.start)
+    """The frames in acquisition order (bias, darks, flats, lights by night) with their truth."""
+    start = _dt.datetime.fromisoformat(spec.start)
+    clock, types = start, CAMERAS[spec.camera]["types"]
     frames, sky = [], dict(spec.sky)
 
-    def add(kind, file, filt, t, **extra):
+    def add(kind, file, filt, t, night=1, **extra):
         nonlocal clock
-        entry = dict(file=file, type=kind, imagetyp=_IMAGETYP[kind], filter=filt, exptime=float(t))
-        frames.append(entry | {"date_obs": clock.isoformat(timespec="milliseconds")} | extra)
+        entry = dict(file=file, type=kind, imagetyp=types[kind], filter=filt, exptime=float(t))
+        entry |= {"date_obs": clock.isoformat(timespec="milliseconds")}
+        day = (start + _dt.timedelta(days=night - 1)).date().isoformat()
+        frames.append(entry | {"night": day, "night_index": night} | extra)
         clock += _dt.timedelta(seconds=t + _READOUT_S)
 
     for i in range(1, spec.n_bias + 1):
@@ -337,15 +456,35 @@ def _plan(spec, rng):
             spread = rng.uniform(-spec.flat_level_spread, spec.flat_level_spread)
             level = spec.flat_level * spec.gain * (1 + spread)
             add("flat", f"flat_{_safe(f)}_{i:03d}.fits", f, spec.flat_exptime, level_e=level)
-    clock += _dt.timedelta(minutes=20)  # end of twilight
+    dusk = clock + _dt.timedelta(minutes=20)  # end of twilight
+    prefix = "" if spec.camera == "nameonly" else "light_"
+    lights = []
     for t in spec.light_exptimes:
         for f in spec.filters:
             for i in range(1, spec.n_lights + 1):
                 dx, dy = rng.uniform(-spec.max_shift, spec.max_shift, 2)
                 rot = rng.uniform(-spec.max_rot_deg, spec.max_rot_deg)
-                name = f"light_{_safe(spec.object)}_{_safe(f)}_{_exp_label(t)}_{i:03d}.fits"
-                add("light", name, f, t, dx=dx, dy=dy, rot_deg=rot, sky_e_per_s=sky[f])
+                name = f"{prefix}{_safe(spec.object)}_{_safe(f)}_{_exp_label(t)}_{i:03d}.fits"
+                night = (i - 1) * spec.n_nights // spec.n_lights + 1
+                extra = dict(dx=dx, dy=dy, rot_deg=rot, sky_e_per_s=sky[f])
+                lights.append((night, ("light", name, f, t, night), extra))
+    for night in range(1, spec.n_nights + 1):
+        clock = dusk + _dt.timedelta(days=night - 1)
+        for args, extra in (light[1:] for light in lights if light[0] == night):
+            add(*args, **extra)
     return frames
+
+
+def _bias_drift(spec, frames, rng):
+    """(bias_offset, bias_ramp) of each frame of the "pro" style, ADU (module docstring)."""
+    start = _dt.datetime.fromisoformat(spec.start)
+    seconds = [(_dt.datetime.fromisoformat(f["date_obs"]) - start).total_seconds() for f in frames]
+    hours = np.array(seconds) / 3600.0
+    phase = rng.uniform(0, 2 * np.pi)
+    offset = spec.bias_drift * np.sin(2 * np.pi * hours / _DRIFT_PERIOD_H + phase)
+    offset += rng.normal(0.0, spec.bias_drift / 5, len(frames))
+    ramp = rng.uniform(-spec.bias_ramp, spec.bias_ramp, len(frames))
+    return [(float(o), float(r)) for o, r in zip(offset, ramp, strict=True)]
 
 
 def _cosmics(spec, t, rng):
@@ -368,6 +507,76 @@ def _cosmics(spec, t, rng):
 
 
 def _header(spec, frame):
+    """Header of a raw frame in the style ``spec.camera``."""
+    if spec.camera == "pro":
+        return _header_pro(spec, frame)
+    if spec.camera == "amateur":
+        return _header_amateur(spec, frame)
+    header = _header_maxim(spec, frame)
+    if spec.camera == "nameonly":
+        del header["IMAGETYP"]
+    return header
+
+
+def _filter_comment(frame):
+    closed = frame["type"] in ("bias", "dark")
+    return "filter in the beam" + (" (shutter closed)" if closed else "")
+
+
+def _lights_only(cards, frame):
+    return fits.Header([c for c in cards if c[0] != "OBJECT" or frame["type"] == "light"])
+
+
+def _header_pro(spec, frame):
+    """NOAO/IRAF-like header with OBSTYPE and the sections of the overscan strip."""
+    ny, nx = spec.shape
+    trim = f"[1:{nx},1:{ny}]"
+    cards = [
+        ("OBSTYPE", frame["imagetyp"], "type of observation"),
+        ("EXPTIME", frame["exptime"], "[s] exposure time"),
+        ("FILTER", frame["filter"], _filter_comment(frame)),
+        ("OBJECT", spec.object, "target name"),
+        ("DATE-OBS", frame["date_obs"], "[UTC] start of exposure"),
+        ("GAIN", spec.gain, "[e-/ADU] detector gain"),
+        ("RDNOISE", spec.read_noise, "[e-] read noise"),
+        ("CCDSUM", "1 1", "on-chip binning (x y)"),
+        ("CCDTEMP", spec.ccd_temp, "[C] CCD temperature"),
+        ("BIASSEC", _biassec(spec), "serial overscan used for the bias level"),
+        ("TRIMSEC", trim, "section of useful data"),
+        ("DATASEC", trim, "image area of the detector"),
+        ("INSTRUME", "ccdflow demo CCD", "camera"),
+        ("TELESCOP", "ccdflow demo", "telescope"),
+    ]
+    return _lights_only(cards, frame)
+
+
+def _biassec(spec):
+    ny, nx = spec.shape
+    return f"[{nx + _OVERSCAN_SKIP + 1}:{nx + spec.overscan_cols},1:{ny}]"
+
+
+def _header_amateur(spec, frame):
+    """N.I.N.A.-like header: EXPOSURE, FILTNAME, EGAIN (GAIN is the camera's gain setting)."""
+    cards = [
+        ("IMAGETYP", frame["imagetyp"], "type of image"),
+        ("EXPOSURE", frame["exptime"], "[s] exposure time"),
+        ("FILTNAME", frame["filter"], _filter_comment(frame)),
+        ("OBJECT", spec.object, "target name"),
+        ("DATE-OBS", frame["date_obs"], "[UTC] start of exposure"),
+        ("XBINNING", 1, "binning factor in x"),
+        ("YBINNING", 1, "binning factor in y"),
+        ("GAIN", 100, "camera gain setting (not e-/ADU)"),
+        ("OFFSET", 50, "camera offset setting"),
+        ("EGAIN", spec.gain, "[e-/ADU] electrons per ADU"),
+        ("CCD-TEMP", spec.ccd_temp, "[C] sensor temperature"),
+        ("SET-TEMP", spec.ccd_temp, "[C] sensor temperature set point"),
+        ("INSTRUME", "ccdflow demo CMOS", "camera"),
+        ("TELESCOP", "ccdflow demo", "telescope"),
+    ]
+    return _lights_only(cards, frame)
+
+
+def _header_maxim(spec, frame):
     """MaxIm-DL-like header of a raw frame."""
     t, closed = frame["exptime"], frame["type"] in ("bias", "dark")
     cards = [
@@ -431,6 +640,14 @@ def make_night(outdir, *, preset="demo", seed=0, **overrides):
     model["flat"], model["stars"] = _flats(spec, rng), _stars(spec, rng)
     frames = _plan(spec, rng)
     bias64 = bias.astype(np.float64)
+    pro = spec.camera == "pro"
+    if pro:
+        (truth_dir / "overscan").mkdir(exist_ok=True)
+        camera_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        drift = _bias_drift(spec, frames, camera_rng)
+        for frame, (offset, ramp) in zip(frames, drift, strict=True):
+            frame["bias_offset"], frame["bias_ramp"] = offset, ramp
+            frame["overscan"] = f"overscan/{Path(frame['file']).stem}.fits"
     for frame in frames:
         electrons = expected_electrons(model, frame)
         counts = rng.poisson(electrons).astype(np.float64) if frame["type"] != "bias" else 0.0
@@ -441,11 +658,19 @@ def make_night(outdir, *, preset="demo", seed=0, **overrides):
             frame["n_cosmic_pixels"] = int(np.count_nonzero(hits))
             _write(truth_dir / frame["cosmics"], (hits > 0).astype(np.uint8))
         counts = counts + rng.normal(0.0, spec.read_noise, spec.shape)
-        adu = np.clip(np.rint(counts / spec.gain + bias64), 0, spec.saturation).astype(np.uint16)
+        frame_bias64 = frame_bias(model, frame) if pro else bias64
+        adu = np.clip(np.rint(counts / spec.gain + frame_bias64), 0, spec.saturation)
+        adu = adu.astype(np.uint16)
         if frame["type"] == "light":
             frame["n_saturated_pixels"] = int(np.count_nonzero(adu == spec.saturation))
-            expected_adu = electrons / spec.gain + bias64
+            expected_adu = electrons / spec.gain + frame_bias64
             frame["saturated_star_ids"] = _saturated(spec, model["stars"], frame, expected_adu)
+        if pro:
+            level = _row_levels(spec, frame["bias_offset"], frame["bias_ramp"])
+            noise = camera_rng.normal(0.0, spec.read_noise, (spec.shape[0], spec.overscan_cols))
+            strip = np.clip(np.rint(noise / spec.gain + level[:, None]), 0, spec.saturation)
+            adu = np.hstack([adu, strip.astype(np.uint16)])
+            _write(truth_dir / frame["overscan"], level)
         _write(raw_dir / frame["file"], adu, _header(spec, frame))
     files = {"bias": "bias.fits", "dark_rate": "dark_rate.fits", "stars": "stars.ecsv"}
     files["flat"] = {f: f"flat_{_safe(f)}.fits" for f in spec.filters}
@@ -455,9 +680,29 @@ def make_night(outdir, *, preset="demo", seed=0, **overrides):
         _write(truth_dir / name, model["flat"][f])
     model["stars"].write(truth_dir / files["stars"], format="ascii.ecsv", overwrite=True)
     doc = {"ccdflow_version": __version__, "preset": preset, "seed": seed, "spec": model["spec"]}
-    doc |= {"files": files, "frames": frames}
+    doc |= {"camera": _camera_doc(spec), "files": files, "frames": frames}
     (truth_dir / "truth.json").write_text(json.dumps(doc, indent=1) + "\n")
     return load_truth(outdir)
+
+
+def _camera_doc(spec):
+    """The ``camera`` entry of truth.json: style, cards and raw geometry."""
+    ny, nx = spec.shape
+    doc = dict(style=spec.camera, type_keyword=CAMERAS[spec.camera]["type_keyword"])
+    doc["types"] = CAMERAS[spec.camera]["types"]
+    doc |= {
+        "maxim": dict(exptime_keyword="EXPTIME", filter_keyword="FILTER", gain_keyword="GAIN"),
+        "pro": dict(exptime_keyword="EXPTIME", filter_keyword="FILTER", gain_keyword="GAIN"),
+        "amateur": dict(
+            exptime_keyword="EXPOSURE", filter_keyword="FILTNAME", gain_keyword="EGAIN"
+        ),
+        "nameonly": dict(exptime_keyword="EXPTIME", filter_keyword="FILTER", gain_keyword="GAIN"),
+    }[spec.camera]
+    doc["raw_shape"] = [ny, nx]
+    if spec.camera == "pro":
+        doc["raw_shape"] = [ny, nx + spec.overscan_cols]
+        doc |= dict(biassec=_biassec(spec), trimsec=f"[1:{nx},1:{ny}]", datasec=f"[1:{nx},1:{ny}]")
+    return doc
 
 
 def _saturated(spec, stars, frame, expected_adu):
@@ -483,7 +728,8 @@ def load_truth(outdir):
     dict
         ``truth.json`` content plus ``bias`` (float32, ADU), ``dark_rate`` (float32, e-/s/px),
         ``flat`` (filter -> float32), ``stars`` (Table, x/y in px, flux_<filter> in e-/s),
-        ``cosmics`` (raw file stem -> bool mask), ``raw_dir`` and ``truth_dir`` (Path).
+        ``cosmics`` (raw file stem -> bool mask), for "pro" ``overscan`` (raw file stem ->
+        float64 row levels ``L_f(y)``, ADU), ``raw_dir`` and ``truth_dir`` (Path).
     """
     outdir = Path(outdir)
     truth_dir = outdir / "truth"
@@ -499,12 +745,16 @@ def load_truth(outdir):
     truth["cosmics"] = {
         Path(f["file"]).stem: image(f["cosmics"], bool) for f in truth["frames"] if "cosmics" in f
     }
+    overscan = {Path(f["file"]).stem: f["overscan"] for f in truth["frames"] if "overscan" in f}
+    if overscan:
+        truth["overscan"] = {stem: image(name, np.float64) for stem, name in overscan.items()}
     truth["raw_dir"], truth["truth_dir"] = outdir / "raw", truth_dir
     return truth
 
 
 def main(argv=None):
-    """Command line: ``python -m ccdflow.demo OUTDIR [--preset P] [--seed N] [--size NY NX]``."""
+    """Command line: ``python -m ccdflow.demo OUTDIR [--preset P] [--seed N] [--size NY NX]
+    [--camera STYLE] [--nights N] [--force]``."""
     parser = argparse.ArgumentParser(
         prog="python -m ccdflow.demo", description=__doc__.split("\n")[0]
     )
@@ -512,6 +762,8 @@ def main(argv=None):
     parser.add_argument("--preset", choices=list(PRESETS), default="demo")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("NY", "NX"), help="frame shape (px)")
+    parser.add_argument("--camera", choices=list(CAMERAS), default="maxim", help="header style")
+    parser.add_argument("--nights", type=int, default=1, help="nights the lights span (default 1)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty raw/ anyway")
     args = parser.parse_args(argv)
     raw_dir = args.outdir / "raw"
@@ -521,6 +773,15 @@ def main(argv=None):
         print(f"error: {msg}", file=sys.stderr)
         return 1
     overrides = {"shape": tuple(args.size)} if args.size else {}
+    if args.camera != "maxim":
+        overrides["camera"] = args.camera
+    if args.nights != 1:
+        overrides["n_nights"] = args.nights
+    try:
+        dataclasses.replace(PRESETS[args.preset], **overrides)  # checked before writing
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     truth = make_night(args.outdir, preset=args.preset, seed=args.seed, **overrides)
     for kind in _IMAGETYP:
         frames = [f for f in truth["frames"] if f["type"] == kind]

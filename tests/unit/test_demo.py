@@ -1,8 +1,10 @@
 """The synthetic night: raw frames follow the documented model and the truth recovers it."""
 
+import hashlib
 import json
 import math
 import re
+from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
@@ -249,3 +251,254 @@ def test_cli_refuses_non_empty_raw_dir_without_force(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "bias" in out and "light" in out and str(raw) in out
     assert fits.getdata(precious).shape == (32, 48)
+
+
+# --- Camera styles ---------------------------------------------------------------------------
+
+# sha256 of each raw file of a tiny default-style night, recorded before camera styles existed:
+# the default ("maxim") output must never change by accident.
+_TINY = dict(shape=(24, 40), n_bias=1, n_darks=1, n_flats=1, n_lights=1, n_stars=10)
+_TINY_SHA256 = {
+    "bias_001.fits": "23ee04e02491bea60a20886fe67ba192edce0d59ef46995290f2890c00c3efaa",
+    "dark_300s_001.fits": "c9bb6d4e035840eaf206bb1cebdb9829f9c94d52ab200e62b34ec195a61a2c90",
+    "flat_V_001.fits": "bb1fee5b310324c84b437a1eb60263bf87af90df323c404bbe2ad8d5620e2cb4",
+    "flat_R_001.fits": "ca3d693e55e7281d10c1e7cd5187f7c667b907ba39b84303e37c9055462443f1",
+    "light_M13demo_V_060s_001.fits": (
+        "8022db0892950e2dcdbb13949ac52ee26482c43627d34b31d9f84e33d913eae4"
+    ),
+    "light_M13demo_R_060s_001.fits": (
+        "caa21f412ecee05a97978382203c223d9b016f140031270f200cc2fbd7554c11"
+    ),
+    "light_M13demo_V_120s_001.fits": (
+        "f4f2b91cee933313dd6b5a5a93823a6afd7a2e98b1ff385a0057f1e4c22458e3"
+    ),
+    "light_M13demo_R_120s_001.fits": (
+        "84e7295b7ba5746a407f7ab05c1cfb3226cfdfb6c64406a3ef56686f877b451e"
+    ),
+}
+_SMALL = dict(shape=(40, 56), n_bias=3, n_darks=2, n_flats=2, n_lights=2, n_stars=12)
+_TYPES = {
+    "pro": {"bias": "zero", "dark": "dark", "flat": "flat", "light": "object"},
+    "amateur": {"bias": "Bias Frame", "dark": "Dark Frame", "flat": "Flat Frame"}
+    | {"light": "Light Frame"},
+}
+
+
+def _style(tmp_path_factory, camera, **extra):
+    path = tmp_path_factory.mktemp(camera)
+    return demo.make_night(path, preset="test", seed=SEED, camera=camera, **_SMALL, **extra)
+
+
+@pytest.fixture(scope="module")
+def maxim(tmp_path_factory):
+    return _style(tmp_path_factory, "maxim")
+
+
+@pytest.fixture(scope="module")
+def pro(tmp_path_factory):
+    return _style(tmp_path_factory, "pro")
+
+
+@pytest.fixture(scope="module")
+def amateur(tmp_path_factory):
+    return _style(tmp_path_factory, "amateur")
+
+
+@pytest.fixture(scope="module")
+def nameonly(tmp_path_factory):
+    return _style(tmp_path_factory, "nameonly", n_nights=2)
+
+
+def _header(truth, frame):
+    return fits.getheader(truth["raw_dir"] / frame["file"])
+
+
+def _row_level(truth, frame):
+    return truth["overscan"][frame["file"].removesuffix(".fits")]
+
+
+def test_default_camera_is_byte_identical_to_before_camera_styles(tmp_path):
+    for extra in ({}, {"camera": "maxim", "n_nights": 1}):
+        truth = demo.make_night(
+            tmp_path / str(len(extra)), preset="test", seed=11, **_TINY, **extra
+        )
+        names = [f["file"] for f in truth["frames"]]
+        assert names == list(_TINY_SHA256)
+        for name in names:
+            digest = hashlib.sha256((truth["raw_dir"] / name).read_bytes()).hexdigest()
+            assert digest == _TINY_SHA256[name], name
+        assert truth["camera"]["style"] == "maxim" and "overscan" not in truth
+        assert {f["night"] for f in truth["frames"]} == {"2024-03-15"}
+
+
+def test_pro_headers_have_obstype_and_sections(pro):
+    spec = pro["spec"]
+    (ny, nx), oc = spec["shape"], spec["overscan_cols"]
+    assert oc == 32
+    sections = {"BIASSEC": f"[{nx + 3}:{nx + 32},1:{ny}]", "TRIMSEC": f"[1:{nx},1:{ny}]"}
+    sections["DATASEC"] = sections["TRIMSEC"]
+    assert pro["camera"]["raw_shape"] == [ny, nx + 32]
+    assert pro["camera"]["biassec"] == sections["BIASSEC"]
+    for frame in pro["frames"]:
+        with fits.open(pro["raw_dir"] / frame["file"], do_not_scale_image_data=True) as hdul:
+            hdr, data = hdul[0].header, hdul[0].data
+            assert data.shape == (ny, nx + 32) and hdr["NAXIS1"] == nx + 32
+        assert (hdr["BITPIX"], hdr["BZERO"]) == (16, 32768)
+        assert {k: hdr[k] for k in sections} == sections
+        assert hdr["OBSTYPE"] == frame["imagetyp"] == _TYPES["pro"][frame["type"]]
+        assert hdr["EXPTIME"] == frame["exptime"] and hdr["FILTER"] == frame["filter"]
+        assert hdr["DATE-OBS"] == frame["date_obs"]
+        assert (hdr["GAIN"], hdr["RDNOISE"]) == (spec["gain"], spec["read_noise"])
+        assert ("OBJECT" in hdr) == (frame["type"] == "light")
+        assert not {"IMAGETYP", "EXPOSURE", "XBINNING", "YBINNING"} & set(hdr)
+
+
+def test_pro_overscan_holds_only_the_row_bias_level_and_read_noise(pro):
+    spec = pro["spec"]
+    (ny, nx), noise = spec["shape"], spec["read_noise"] / spec["gain"]
+    offsets, ramps = [], []
+    for frame, data in _raw(pro):
+        level = _row_level(pro, frame)
+        ramp = np.linspace(-0.5, 0.5, ny)
+        expected = spec["bias_level"] + frame["bias_offset"] + frame["bias_ramp"] * ramp
+        np.testing.assert_allclose(level, expected, rtol=0, atol=1e-9)
+        assert level[-1] - level[0] == pytest.approx(frame["bias_ramp"])
+        offsets.append(frame["bias_offset"])
+        ramps.append(frame["bias_ramp"])
+        strip = data[:, nx:]  # the whole strip, the two skipped columns too: no light anywhere
+        assert np.std(strip - level[:, None]) == pytest.approx(noise, rel=0.15), frame["file"]
+        biassec = data[:, nx + 2 :]
+        error = 1.25 * noise / math.sqrt(biassec.shape[1])  # of a median of one row
+        residual = np.median(biassec, axis=1) - level
+        assert abs(residual.mean()) < 4 * error / math.sqrt(ny), frame["file"]
+        assert np.abs(residual).max() < 5 * error, frame["file"]
+        # A straight line through the row medians recovers offset and ramp.
+        slope, mean = np.polyfit(ramp, np.median(biassec, axis=1), 1)
+        assert mean - spec["bias_level"] == pytest.approx(frame["bias_offset"], abs=0.5)
+        assert slope == pytest.approx(frame["bias_ramp"], abs=2.0)
+    # The level moves from frame to frame by more than a master bias could absorb.
+    assert np.std(offsets) > 2.0 and np.ptp(offsets) < 2 * 14.0
+    assert np.ptp(ramps) > 2.0 and np.max(np.abs(ramps)) <= spec["bias_ramp"]
+
+
+def test_pro_image_area_is_the_maxim_frame_plus_the_row_level(pro, maxim):
+    spec = pro["spec"]
+    nx, bias_level = spec["shape"][1], spec["bias_level"]
+    np.testing.assert_array_equal(pro["bias"], maxim["bias"])  # the image-area pattern
+    assert demo.NightSpec(**pro["spec"]).camera == "pro"
+    assert pro["overscan"].keys() == {f["file"].removesuffix(".fits") for f in pro["frames"]}
+    pairs = list(zip(_raw(pro), _raw(maxim), strict=True))
+    for (frame, data), (other, ref) in pairs:
+        assert frame["file"] == other["file"] and frame["date_obs"] == other["date_obs"]
+        shift = (_row_level(pro, frame) - bias_level)[:, None]
+        np.testing.assert_allclose(demo.frame_bias(pro, frame), pro["bias"] + shift)
+        diff = data[:, :nx] - ref - shift
+        ok = (ref < spec["saturation"]) & (data[:, :nx] < spec["saturation"])
+        assert np.abs(diff[ok]).max() <= 1.0 and abs(diff[ok].mean()) < 0.05, frame["file"]
+    # Overscan-subtracted bias frames average to the truth bias without its level.
+    biases = [d[:, :nx] - _row_level(pro, f)[:, None] for f, d in _raw(pro, "bias")]
+    error = spec["read_noise"] / spec["gain"] / math.sqrt(len(biases))
+    residual = np.mean(biases, axis=0) - (pro["bias"] - bias_level)
+    assert abs(residual.mean()) < 0.2 * error and residual.std() < 1.5 * error
+
+
+def test_amateur_headers_are_nina_like_and_data_as_maxim(amateur, maxim):
+    gain = amateur["spec"]["gain"]
+    assert amateur["camera"]["filter_keyword"] == "FILTNAME"
+    for (frame, data), (other, ref) in zip(_raw(amateur), _raw(maxim), strict=True):
+        assert frame["file"] == other["file"]
+        np.testing.assert_array_equal(data, ref)
+        hdr = _header(amateur, frame)
+        assert hdr["IMAGETYP"] == frame["imagetyp"] == _TYPES["amateur"][frame["type"]]
+        assert hdr["EXPOSURE"] == frame["exptime"] and "EXPTIME" not in hdr
+        assert hdr["FILTNAME"] == frame["filter"] and "FILTER" not in hdr
+        assert hdr["XBINNING"] == hdr["YBINNING"] == 1
+        assert hdr.get("OBJECT") == ("M13demo" if frame["type"] == "light" else None)
+        assert hdr["EGAIN"] == gain and hdr["GAIN"] == 100  # GAIN: a setting, not e-/ADU
+        assert hdr["DATE-OBS"] == frame["date_obs"]
+        assert not {"RDNOISE", "OBSTYPE"} & set(hdr)
+
+
+def test_nameonly_has_no_type_card_and_types_only_in_file_names(nameonly, maxim):
+    patterns = {
+        "bias": r"bias_\d{3}\.fits",
+        "dark": r"dark_(?P<exptime>\d+)s_\d{3}\.fits",
+        "flat": r"flat_(?P<filter>[^_]+)_\d{3}\.fits",
+        "light": r"(?P<object>[^_]+)_(?P<filter>[^_]+)_(?P<exptime>\d+)s_\d{3}\.fits",
+    }
+    keys = {"EXPTIME", "FILTER", "DATE-OBS", "GAIN", "RDNOISE", "XBINNING", "YBINNING"}
+    for frame in nameonly["frames"]:
+        name, hdr = frame["file"], _header(nameonly, frame)
+        assert not {"IMAGETYP", "OBSTYPE"} & set(hdr) and frame["imagetyp"] is None
+        assert keys <= set(hdr) and ("OBJECT" in hdr) == (frame["type"] == "light")
+        # Types in the order a user would write the rules: the light pattern comes last.
+        kind = next(k for k, p in patterns.items() if re.fullmatch(p, name))
+        assert kind == frame["type"], name
+        fields = re.fullmatch(patterns[kind], name).groupdict()
+        if "exptime" in fields:
+            assert float(fields["exptime"]) == hdr["EXPTIME"] == frame["exptime"]
+        if "filter" in fields:
+            assert fields["filter"] == hdr["FILTER"] == frame["filter"]
+        assert fields.get("object", "M13demo") == "M13demo"
+    lights = {f["file"] for f in nameonly["frames"] if f["type"] == "light"}
+    assert "M13demo_V_060s_001.fits" in lights and "M13demo_R_120s_002.fits" in lights
+    assert not any(n.startswith("light_") for n in lights)
+    # Calibrations come first, so with the same seed they are the maxim ones.
+    calibrations = [(f, d) for f, d in _raw(nameonly) if f["type"] != "light"]
+    assert len(calibrations) == 9
+    for (frame, data), (other, ref) in zip(calibrations, _raw(maxim), strict=False):
+        assert frame["file"] == other["file"]
+        np.testing.assert_array_equal(data, ref)
+
+
+def test_two_nights_split_the_lights_and_keep_calibrations_on_night_one(nameonly):
+    spec, frames = nameonly["spec"], nameonly["frames"]
+    assert spec["n_nights"] == 2
+    calibrations = [f for f in frames if f["type"] != "light"]
+    assert {(f["night"], f["night_index"]) for f in calibrations} == {("2024-03-15", 1)}
+    assert all(f["date_obs"].startswith("2024-03-15T") for f in calibrations)
+    nights = {}
+    for f in frames:
+        if f["type"] == "light":
+            nights.setdefault(f["night"], []).append(f)
+    assert list(nights) == ["2024-03-15", "2024-03-16"]
+    first, second = nights.values()
+    assert all(f["night_index"] == 1 and f["file"].endswith("_001.fits") for f in first)
+    assert all(f["night_index"] == 2 and f["file"].endswith("_002.fits") for f in second)
+    assert max(f["date_obs"] for f in calibrations) < first[0]["date_obs"]
+    for a, b in zip(first, second, strict=True):  # same sequence, one day later
+        assert (a["exptime"], a["filter"]) == (b["exptime"], b["filter"])
+        day = datetime.fromisoformat(b["date_obs"]) - datetime.fromisoformat(a["date_obs"])
+        assert day == timedelta(days=1)
+        assert _header(nameonly, b)["DATE-OBS"] == b["date_obs"]
+        assert b["date_obs"].startswith("2024-03-16T")
+    dates = [f["date_obs"] for f in frames]
+    assert dates == sorted(dates)  # file order is acquisition order
+    # Night-2 lights follow the same model (same field, same truth).
+    frame, data = _raw(nameonly, file=second[-1]["file"])[0]
+    excess = (data - nameonly["bias"]) * spec["gain"] - demo.expected_electrons(nameonly, frame)
+    assert abs(np.median(excess)) < 2.0
+
+
+def test_camera_and_nights_are_validated():
+    with pytest.raises(ValueError, match="camera"):
+        demo.NightSpec(camera="sbig")
+    for n in (0, 4):  # the demo preset has 3 lights per filter and exposure
+        with pytest.raises(ValueError, match="n_nights"):
+            demo.NightSpec(n_nights=n)
+    with pytest.raises(ValueError, match="overscan_cols"):
+        demo.NightSpec(overscan_cols=2)
+
+
+def test_cli_camera_and_nights(tmp_path, capsys):
+    argv = ["--preset", "test", "--size", "24", "32"]
+    assert demo.main([str(tmp_path / "bad"), *argv, "--nights", "3"]) == 2
+    assert "n_nights" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert demo.main([str(tmp_path / "a"), *argv, "--camera", "pro", "--nights", "2"]) == 0
+    truth = demo.load_truth(tmp_path / "a")
+    assert truth["camera"]["style"] == "pro" and truth["spec"]["n_nights"] == 2
+    assert truth["preset"] == "test" and len(truth["overscan"]) == len(truth["frames"])
+    assert fits.getdata(truth["raw_dir"] / "bias_001.fits").shape == (24, 64)
+    assert {f["night"] for f in truth["frames"]} == {"2024-03-15", "2024-03-16"}
+    with pytest.raises(SystemExit):
+        demo.main([str(tmp_path / "b"), "--camera", "sbig"])
