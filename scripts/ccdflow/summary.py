@@ -75,7 +75,9 @@ def truth_report(workdir, truth):
             levels.setdefault(f["filter"], []).append(f["level_e"])
     for path in sorted((workdir / "results/masters").glob("flat_*.fits")):
         data, header = read_product(path)[:2]
-        filt = str(header.get("FILTER", "")).strip()
+        # the filter of the flat's inputs, whatever keyword the camera writes it in
+        first = {f["file"]: f for f in truth["frames"]}.get(str(header.get("IMCMB001", "")))
+        filt = first["filter"] if first else ""
         if filt not in truth["flat"]:
             continue
         lv = levels[filt]
