@@ -19,7 +19,9 @@ __all__ = [
     "calibrate_frame",
     "central_region",
     "make_master",
+    "prepare_raw",
     "read_noise_adu",
+    "resolve_sections",
 ]
 
 from dataclasses import dataclass
@@ -49,6 +51,44 @@ def central_region(shape, fraction=0.5):
     return slice(my, ny - my), slice(mx, nx - mx)
 
 
+def resolve_sections(header, shape, overscan, path=""):
+    """Overscan and trim sections of a raw frame, from header keywords or literals.
+
+    ``overscan['biassec']`` / ``overscan['trimsec']`` are either a header keyword
+    (``'BIASSEC'``) or a literal section (``'[1:2048,1:4096]'``); an empty trimsec keeps
+    the whole frame. Raises :class:`ccdflow.sections.SectionError` naming file, keyword
+    and value when a section is missing or does not fit.
+    """
+    from ccdflow.sections import SectionError, parse_section
+
+    out = []
+    for what in ("biassec", "trimsec"):
+        spec = str(overscan.get(what) or "").strip()
+        if what == "trimsec" and not spec:
+            out.append((slice(0, shape[0]), slice(0, shape[1])))
+            continue
+        if spec.startswith("["):
+            value, keyword = spec, f"overscan.{what}"
+        else:
+            value, keyword = header.get(spec), spec
+            if value in (None, ""):
+                raise SectionError(path, keyword, None, f"is missing ({what} of the overscan)")
+        out.append(parse_section(value, shape, path=path, keyword=keyword))
+    return out[0], out[1]
+
+
+def _overscan_levels(strip, rows, overscan):
+    """Per-row overscan level of the whole frame from its overscan columns (``strip``)."""
+    from ccdflow.sections import overscan_levels
+
+    return overscan_levels(
+        strip,
+        (rows, slice(None)),
+        method=overscan.get("method", "median"),
+        order=overscan.get("order", 3),
+    )
+
+
 #: FITS BITPIX -> numpy dtype of the data on disk (big-endian).
 _FITS_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
@@ -60,7 +100,7 @@ class _RowReader:
     applied per band, BLANK -> NaN); compressed ones are decoded whole by astropy.
     """
 
-    def __init__(self, path, hdu):
+    def __init__(self, path, hdu, overscan=None):
         from astropy.io import fits
 
         self.path = path
@@ -79,11 +119,23 @@ class _RowReader:
             self._bscale = float(self.header.get("BSCALE", 1.0))
             self._bzero = float(self.header.get("BZERO", 0.0))
             self._blank = self.header.get("BLANK") if bitpix > 0 else None
+        self.raw_shape = self.shape
+        self.levels = None
+        self._trim = (slice(0, self.shape[0]), slice(0, self.shape[1]))
+        if overscan:
+            biassec, self._trim = resolve_sections(self.header, self.shape, overscan, path)
+            # the overscan columns of every row (for a polynomial along the rows)
+            strip = self._raw_rows(0, self.shape[0], biassec[1])
+            self.levels = _overscan_levels(strip, biassec[0], overscan)
+            self.shape = (
+                self._trim[0].stop - self._trim[0].start,
+                self._trim[1].stop - self._trim[1].start,
+            )
 
-    def rows(self, y0, y1):
+    def _raw_rows(self, y0, y1, cols=slice(None)):
         if self._whole is not None:
-            return self._whole[y0:y1]
-        raw = np.asarray(self._map[y0:y1])
+            return self._whole[y0:y1, cols]
+        raw = np.asarray(self._map[y0:y1, cols])
         out = raw.astype(np.float32)
         if self._bscale != 1.0:
             out *= np.float32(self._bscale)
@@ -93,19 +145,33 @@ class _RowReader:
             out[raw == self._blank] = np.nan
         return out
 
+    def rows(self, y0, y1, saturation=None):
+        """Rows ``y0:y1`` of the (trimmed) frame: values (overscan subtracted), a mask of
+        non-finite values, and a mask of raw values at or above ``saturation``."""
+        ty, tx = self._trim
+        raw = self._raw_rows(y0 + ty.start, y1 + ty.start, tx)
+        bad = ~np.isfinite(raw)
+        sat = raw >= saturation if saturation is not None else np.zeros(raw.shape, bool)
+        if self.levels is not None:
+            raw = raw - self.levels[y0 + ty.start : y1 + ty.start, None]
+        return raw, bad, sat
+
     def close(self):
         self._map = None
         self._whole = None
 
 
-def _open_all(frames):
+def _open_all(frames, overscan=None):
     from ccdflow.io import FrameError
+    from ccdflow.sections import SectionError
 
     readers = []
     try:
         for path, hdu in frames:
             try:
-                readers.append(_RowReader(path, hdu))
+                readers.append(_RowReader(path, hdu, overscan))
+            except SectionError:
+                raise
             except Exception as exc:
                 raise FrameError(path, "unreadable", f"{type(exc).__name__}: {exc}") from exc
         shapes = {r.shape for r in readers}
@@ -136,6 +202,7 @@ def make_master(
     saturation=None,
     mem_limit_mb=2000,
     flat_floor=0.1,
+    overscan=None,
 ):
     """Make a master bias, dark or flat.
 
@@ -157,6 +224,9 @@ def make_master(
         Memory budget of the stack of one band.
     flat_floor : float
         Flats: normalised values below it are masked and set to 1.
+    overscan : dict, optional
+        ``biassec``, ``trimsec`` (keywords or literal sections), ``method``, ``order``:
+        every input gets its per-row overscan level subtracted and is trimmed first.
 
     Returns
     -------
@@ -166,7 +236,7 @@ def make_master(
     """
     if kind not in ("bias", "dark", "flat"):
         raise ValueError(f"unknown master kind {kind!r}")
-    readers = _open_all(frames)
+    readers = _open_all(frames, overscan)
     try:
         ny, nx = readers[0].shape
         n = len(readers)
@@ -185,12 +255,9 @@ def make_master(
             stack = np.empty((n, y1 - y0, nx), np.float32)
             bad = np.zeros(stack.shape, dtype=bool)
             for i, r in enumerate(readers):
-                raw = r.rows(y0, y1)
-                bad[i] = ~np.isfinite(raw)
-                if saturation is not None:
-                    sat = raw >= saturation
-                    nsat += int(sat.sum())
-                    bad[i] |= sat
+                raw, nonfinite, sat = r.rows(y0, y1, saturation)
+                nsat += int(sat.sum())
+                bad[i] = nonfinite | sat
                 stack[i] = _subtract(raw, bias, dark, scales[i], y0, y1)
                 if kind == "flat":
                     stack[i] /= norm[i]
@@ -219,6 +286,8 @@ def make_master(
         provenance.add_step(header, "CLIPHIGH", combine.get("sigma_high", 3.0))
         provenance.add_step(header, "CLIPSIG", combine.get("spread", "winsorized"))
         provenance.add_step(header, "CLIPITER", combine.get("maxiters", 5))
+    if overscan:
+        _record_overscan(header, overscan, readers)
     if bias is not None:
         provenance.add_step(header, "BIASCORR", bias.name)
     if dark is not None:
@@ -237,6 +306,45 @@ def make_master(
     return Master(data=data, uncertainty=unc, mask=mask, header=header, exptime=exptime)
 
 
+def _record_overscan(header, overscan, readers):
+    levels = [float(np.mean(r.levels)) for r in readers if r.levels is not None]
+    ty, tx = readers[0]._trim
+    method = overscan.get("method", "median")
+    provenance.add_step(header, "OVSCCORR", f"{method}, mean level {np.mean(levels):.2f}")
+    provenance.add_step(header, "TRIMSEC", f"[{tx.start + 1}:{tx.stop},{ty.start + 1}:{ty.stop}]")
+
+
+def prepare_raw(data, mask, header, overscan, path="", saturation=None):
+    """Flag saturation on the raw values, then subtract the overscan and trim.
+
+    Returns
+    -------
+    data, mask, header
+        Overscan-subtracted, trimmed data (float32), its mask (with ``SATURATED``) and
+        a header copy recording the overscan step; unchanged data when ``overscan`` is
+        falsy (saturation is still flagged).
+    """
+    from ccdflow.sections import subtract_overscan
+
+    mask = mask.copy()
+    header = header.copy()
+    if saturation is not None:
+        sat = data >= saturation
+        mask[sat] |= bits.SATURATED
+        provenance.add_step(header, "NSATUR", int(sat.sum()))
+    if not overscan:
+        return data, mask, header
+    biassec, trimsec = resolve_sections(header, data.shape, overscan, path)
+    out, levels = subtract_overscan(
+        data, biassec, trimsec, overscan.get("method", "median"), overscan.get("order", 3)
+    )
+    ty, tx = trimsec
+    method = overscan.get("method", "median")
+    provenance.add_step(header, "OVSCCORR", f"{method}, mean level {float(levels.mean()):.2f}")
+    provenance.add_step(header, "TRIMSEC", f"[{tx.start + 1}:{tx.stop},{ty.start + 1}:{ty.stop}]")
+    return out, np.ascontiguousarray(mask[trimsec]), header
+
+
 def _subtract(raw, bias, dark, scale, y0, y1):
     out = raw.astype(np.float32, copy=True)
     if bias is not None:
@@ -252,7 +360,7 @@ def _flat_levels(readers, bias, dark, scales):
     ys, xs = central_region(readers[0].shape)
     levels = []
     for i, r in enumerate(readers):
-        centre = _subtract(r.rows(ys.start, ys.stop), bias, dark, scales[i], ys.start, ys.stop)
+        centre = _subtract(r.rows(ys.start, ys.stop)[0], bias, dark, scales[i], ys.start, ys.stop)
         level = float(np.nanmedian(centre[:, xs]))
         if not level > 0:
             from ccdflow.io import FrameError
