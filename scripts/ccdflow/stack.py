@@ -8,8 +8,9 @@ Inputs are products on one common pixel grid (``CCDData`` layout: float32 data,
 2. ``scale='sky'``: each frame i becomes ``x_i - s_i + mean(s)``, with ``s_i`` the
    sigma-clipped median of frame i (an additive offset to a common background; no
    multiplicative flux scaling);
-3. outliers are rejected as :func:`ccdflow.combine.combine_stack` does (clip around the
-   median with a robust spread, or min/max);
+3. outliers are rejected by :func:`ccdflow.combine.reject`, the kernel of
+   :func:`ccdflow.combine.combine_stack` (clip around the median with a robust spread,
+   or min/max);
 4. the survivors are averaged with per-frame weights ``w_i`` (1, or
    ``1 / median(UNCERT_i**2)`` for ``weight='inverse_variance'``; per frame, not per
    pixel, since per-pixel inverse-variance weights favour low values and bias the
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ccdflow import bits, provenance
-from ccdflow.combine import METHODS, SPREADS, band_rows, winsorized_std
+from ccdflow.combine import METHODS, SPREADS, band_rows, reject
 from ccdflow.io import FrameError
 
 SCALES = ("none", "sky")
@@ -248,41 +249,9 @@ def _frame_levels(product, reject_bits, need_sky, need_weight):
     return sky, variance
 
 
-def _rejected(stack, bad, method, sigma_low, sigma_high, maxiters, spread, nlow, nhigh):
-    """Values the combination must not use: ``bad`` plus the rejection of ``method``.
-
-    The same rejection as :func:`ccdflow.combine.combine_stack` (astropy's
-    ``sigma_clip`` around the median with the chosen spread, or min/max ranks);
-    ``tests/unit/test_stack.py`` checks that both agree.
-    """
-    n = stack.shape[0]
-    if method in ("sigma_clip", "sigma_clip_median") and n >= 3:
-        from astropy.stats import sigma_clip
-
-        clipped = sigma_clip(
-            np.ma.MaskedArray(stack, mask=bad),
-            sigma_lower=sigma_low,
-            sigma_upper=sigma_high,
-            maxiters=maxiters,
-            cenfunc="median",
-            stdfunc=winsorized_std if spread == "winsorized" else spread,
-            axis=0,
-            masked=True,
-            copy=True,
-        )
-        return np.ma.getmaskarray(clipped)
-    if method == "minmax":
-        order = np.argsort(np.where(bad, np.inf, stack), axis=0)
-        ngood = (~bad).sum(axis=0)
-        rank = np.empty_like(order)
-        np.put_along_axis(rank, order, np.arange(n)[:, None, None], axis=0)
-        return bad | (rank < nlow) | (rank >= (ngood - nhigh)[None])
-    return bad
-
-
 def _combine_band(stack, unc, bad, weights, method, clip):
     """Combine one band (arrays are overwritten): data, propagated uncertainty, coverage."""
-    bad = _rejected(stack, bad, method, **clip)
+    bad = reject(stack, bad, method, **clip)
     nused = (~bad).sum(axis=0).astype(np.int16)
     covered = nused > 0
     unc[bad] = 0

@@ -1,9 +1,12 @@
 """Robust combination: known truth in, truth out."""
 
+import warnings
+
 import numpy as np
 import pytest
 
-from ccdflow.combine import band_rows, combine_stack
+from ccdflow import combine
+from ccdflow.combine import band_rows, combine_stack, reject, winsorized_std
 
 
 def _stack(n=5, shape=(40, 50), sigma=5.0, level=1000.0, seed=1):
@@ -113,3 +116,82 @@ def test_band_rows_respects_the_memory_limit():
     assert 1 <= rows < 2080
     assert rows * 50 * 4128 * 4 * 6 <= 2000 * 2**20
     assert band_rows(3, 100, 100, mem_limit_mb=2000) == 100
+
+
+def _reference_clip(stack, bad, maxiters=5):
+    """The clip written out plainly with NaN as 'rejected' (float32, frame order)."""
+    values = np.where(bad, np.nan, stack)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # pixels without values
+        for _ in range(maxiters):
+            centre = np.nanmedian(values, axis=0)
+            out = np.abs(values - centre) > np.float32(3) * winsorized_std(values)
+            if not out.any():
+                break
+            values = np.where(out, np.nan, values)
+    return np.isnan(values)
+
+
+@pytest.mark.parametrize("n", [3, 4, 7, 12, 40])
+@pytest.mark.parametrize("kind", ["adu", "electrons", "flat"])
+def test_reject_makes_the_decisions_of_the_plain_clip(n, kind):
+    rng = np.random.default_rng(n)
+    shape = (n, 40, 60)
+    level, sigma = (1.0, 0.003) if kind == "flat" else (1000.0, 4.0)
+    stack = level + sigma * rng.standard_normal(shape)
+    if kind == "adu":  # integers: many ties and MADs of 0
+        stack = np.round(stack)
+    stack = stack.astype(np.float32)
+    stack[rng.random(shape) < 0.02] += 50 * sigma
+    bad = rng.random(shape) < 0.05
+    bad[:, 0, :3] = True  # pixels with no value at all
+    bad[1:, 1, :3] = True  # ... and with one
+    before = stack.copy(), bad.copy()
+    got = reject(stack, bad)
+    # Decisions may differ only where a value sits on the threshold to float32
+    # rounding (the sums run in another order): none here.
+    np.testing.assert_array_equal(got, _reference_clip(stack, bad))
+    np.testing.assert_array_equal(stack, before[0])
+    np.testing.assert_array_equal(bad, before[1])
+    _, _, nused = combine_stack(stack, bad)
+    np.testing.assert_array_equal(nused, (~got).sum(axis=0))
+
+
+def test_sorting_network_sorts_any_frame_count():
+    rng = np.random.default_rng(0)
+    for n in range(1, combine._NETWORK_MAX + 3):
+        values = rng.integers(0, 5, (n, 300)).astype(np.float32)  # ties
+        values[rng.random(values.shape) < 0.2] = np.inf  # masked values sort last
+        np.testing.assert_array_equal(combine._sort_frames(values.copy()), np.sort(values, 0))
+
+
+@pytest.mark.parametrize("method", ["sigma_clip", "sigma_clip_median", "minmax"])
+@pytest.mark.parametrize("spread", ["winsorized", "mad_std", "std"])
+def test_dense_and_masked_paths_agree_bit_for_bit(monkeypatch, method, spread):
+    # Pixels sharing a survivor range are processed without masks; the result
+    # must not depend on which path a pixel took.
+    stack = _stack(n=9, shape=(60, 80))
+    rng = np.random.default_rng(4)
+    stack[rng.random(stack.shape) < 0.03] += 100
+    bad = rng.random(stack.shape) < 0.05
+    fast = combine_stack(stack, bad, method=method, spread=spread)
+    monkeypatch.setattr(combine, "_DENSE_MIN", 10**9)
+    masked = combine_stack(stack, bad, method=method, spread=spread)
+    for a, b in zip(fast, masked, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_clip_runs_to_convergence_without_maxiters():
+    stack = _stack(n=8)
+    rng = np.random.default_rng(2)
+    stack += 30 * (rng.random(stack.shape) < 0.1)  # outliers peeled off in passes
+    _, _, once = combine_stack(stack, maxiters=1)
+    _, _, free = combine_stack(stack, maxiters=None)
+    assert (once >= free).all() and (once > free).any()
+    np.testing.assert_array_equal(free, (~reject(stack, maxiters=100)).sum(axis=0))
+
+
+def test_minmax_reject_drops_by_rank_among_ties():
+    stack = np.array([5, 5, 5, 7, 9], np.float32).reshape(5, 1, 1)
+    bad = reject(stack, method="minmax", nlow=1, nhigh=1)
+    assert bad[:, 0, 0].tolist() == [True, False, False, False, True]
