@@ -14,4 +14,5 @@ make_master_file(
     saturation=snakemake.params.saturation,
     mem_limit_mb=snakemake.resources.mem_mb,
     fingerprints=snakemake.params.fingerprints,
+    overscan=snakemake.params.overscan,
 )

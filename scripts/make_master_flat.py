@@ -15,4 +15,5 @@ make_master_file(
     mem_limit_mb=snakemake.resources.mem_mb,
     flat_floor=snakemake.params.floor,
     fingerprints=snakemake.params.fingerprints,
+    overscan=snakemake.params.overscan,
 )

@@ -324,7 +324,7 @@ def prepare_raw(data, mask, header, overscan, path="", saturation=None):
         a header copy recording the overscan step; unchanged data when ``overscan`` is
         falsy (saturation is still flagged).
     """
-    from ccdflow.sections import subtract_overscan
+    from ccdflow.sections import signal_in_overscan, subtract_overscan
 
     mask = mask.copy()
     header = header.copy()
@@ -335,6 +335,12 @@ def prepare_raw(data, mask, header, overscan, path="", saturation=None):
     if not overscan:
         return data, mask, header
     biassec, trimsec = resolve_sections(header, data.shape, overscan, path)
+    lit, detail = signal_in_overscan(data, biassec)
+    if lit:
+        import logging
+
+        logging.getLogger("ccdflow").warning("%s: signal in the overscan: %s", path, detail)
+        provenance.add_step(header, "OVSCWARN", "signal in overscan: " + detail[:40])
     out, levels = subtract_overscan(
         data, biassec, trimsec, overscan.get("method", "median"), overscan.get("order", 3)
     )

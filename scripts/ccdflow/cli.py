@@ -76,7 +76,8 @@ def _inspect(args):
     for r in inv.rejected:
         print(f"  rejected {r['path']}: {r['reason']} {r['detail']}")
     try:
-        p = plan.make_plan(inv, cfg["calibration"])
+        overscan = cfg["overscan"] if cfg["overscan"]["enabled"] else None
+        p = plan.make_plan(inv, cfg["calibration"], overscan)
     except plan.PlanError as exc:
         print(f"\nthe reduction is impossible: {exc}", file=sys.stderr)
         return 1

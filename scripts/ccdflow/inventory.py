@@ -156,22 +156,20 @@ def group_exposures(times, absolute=0.05, relative=0.001):
 
 def _walk(raw_dir, extensions, recursive):
     """Relative paths of candidate files, sorted; hidden files and folders skipped."""
-    raw_dir = Path(raw_dir)
     found = []
-    stack = [raw_dir]
+    stack = [(Path(raw_dir), "")]  # folder, its path relative to raw_dir ("a/b/")
     while stack:
-        folder = stack.pop()
+        folder, prefix = stack.pop()
         with os.scandir(folder) as it:
             for entry in it:
                 if entry.name.startswith("."):
                     continue
                 if entry.is_dir():
                     if recursive:
-                        stack.append(Path(entry.path))
+                        stack.append((entry.path, f"{prefix}{entry.name}/"))
                 elif entry.name.lower().endswith(extensions):
                     st = entry.stat()
-                    rel = os.path.relpath(entry.path, raw_dir).replace(os.sep, "/")
-                    found.append((rel, st.st_size, st.st_mtime_ns))
+                    found.append((prefix + entry.name, st.st_size, st.st_mtime_ns))
     return sorted(found)
 
 
@@ -256,8 +254,20 @@ def _number(value, what):
     return number
 
 
-def _classify(rel, entry, cfg):
-    """Translate one header into a frame record, or raise ValueError(reason, detail)."""
+def _vocabulary(cfg):
+    """IMAGETYP value (lower case) -> canonical type."""
+    return {
+        v.strip().lower(): canonical
+        for canonical, names in cfg["imagetyp_values"].items()
+        for v in [*names, canonical]
+    }
+
+
+def _classify(rel, entry, cfg, vocabulary=None):
+    """Translate one header into a frame record, or raise ValueError(reason, detail).
+
+    ``vocabulary`` (of :func:`_vocabulary`) may be passed in to build it once per scan.
+    """
     header = entry["header"]
     values, source = {}, {}
     for name in FIELDS:
@@ -269,11 +279,8 @@ def _classify(rel, entry, cfg):
     if raw_type in (None, ""):
         aliases = "/".join(cfg["keywords"]["imagetyp"])
         raise ValueError("missing_keyword", f"no {aliases} and no filename rule matched")
-    vocabulary = {
-        v.strip().lower(): canonical
-        for canonical, names in cfg["imagetyp_values"].items()
-        for v in [*names, canonical]
-    }
+    if vocabulary is None:
+        vocabulary = _vocabulary(cfg)
     imagetyp = vocabulary.get(str(raw_type).strip().lower())
     if imagetyp is None:
         raise ValueError(
@@ -418,6 +425,7 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
 
     frames, rejected = [], []
     excluded = cfg.get("exclude", [])
+    vocabulary = _vocabulary(cfg)
     for rel, entry in entries.items():
         if any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(Path(rel).name, p) for p in excluded):
             rejected.append({"path": rel, "reason": "excluded", "detail": "inventory.exclude"})
@@ -427,7 +435,7 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
             rejected.append({"path": rel, "reason": reason, "detail": detail})
             continue
         try:
-            frames.append(_classify(rel, entry, cfg))
+            frames.append(_classify(rel, entry, cfg, vocabulary))
         except ValueError as exc:
             reason, detail = exc.args if len(exc.args) == 2 else ("bad_value", str(exc))
             rejected.append({"path": rel, "reason": reason, "detail": detail})

@@ -137,7 +137,7 @@ def _nearest(options, night, max_days):
     return None, None, seen
 
 
-def make_plan(inventory, cfg):
+def make_plan(inventory, cfg, overscan=None):
     """Build the plan.
 
     Without ``by_night`` every setup has one calibration set. With it, calibration
@@ -151,12 +151,22 @@ def make_plan(inventory, cfg):
     inventory : ccdflow.inventory.Inventory
     cfg : dict
         The ``calibration`` section of the configuration.
+    overscan : dict, optional
+        The ``overscan`` section when it is enabled: without ``bias_after_overscan`` the
+        bias frames are not used (subtracting both removes the bias level twice).
 
     Returns
     -------
     Plan
     """
     plan = Plan()
+    if overscan and not overscan.get("bias_after_overscan", False) and cfg.get("use_bias", True):
+        cfg = {**cfg, "use_bias": False}
+        if any(f["imagetyp"] == "bias" for f in inventory.frames):
+            plan.warnings.append(
+                "overscan is subtracted and overscan.bias_after_overscan is false: "
+                "bias frames are not used"
+            )
     minimum = cfg["min_frames"]
     fix = "Add frames, lower the minimum, or exclude them (inventory.exclude)."
     by_night = cfg.get("by_night", False)

@@ -30,6 +30,7 @@ KEYWORDS = {
     "DARKEXP": "exposure time of the master dark (s)",
     "FLATCORR": "master flat divided (file name)",
     "OVSCCORR": "overscan level subtracted",
+    "OVSCWARN": "the overscan region holds signal",
     "TRIMSEC": "section kept from the raw frame (FITS, 1-based)",
     "GAINCORR": "converted to electrons with this gain (e-/ADU)",
     "RAWFILE": "raw frame this product was made from",

@@ -2,6 +2,11 @@
 
 Each rule script (``scripts/<rule>.py``) unpacks ``snakemake.*`` and calls exactly one
 function of this module. Nothing here imports Snakemake.
+
+Per-frame tasks (calibrate, clean, align) run once per frame, so start-up counts more
+than arithmetic: modules with heavy dependencies are imported inside the functions that
+need them, and those tasks read and write FITS with the astropy-free fast path of
+:mod:`ccdflow.io` (astropy is used only for files it does not handle).
 """
 
 __all__ = [
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ccdflow import bits, calibrate, io, provenance, qc
+from ccdflow import bits, io, provenance, qc
 
 log = logging.getLogger("ccdflow")
 
@@ -52,9 +57,14 @@ def setup_logging(path):
     return log
 
 
-def load_master(path):
-    """Read a master written by :func:`make_master_file` into a :class:`Master`."""
-    data, header, unc, mask = io.read_product(path)
+def load_master(path, *, fast=False):
+    """Read a master written by :func:`make_master_file` into a :class:`Master`.
+
+    ``fast=True``: read without astropy when possible (see :func:`ccdflow.io.read_product`).
+    """
+    from ccdflow import calibrate
+
+    data, header, unc, mask = io.read_product(path, fast=fast)
     return calibrate.Master(
         data=data,
         uncertainty=unc if unc is not None else data * 0,
@@ -77,8 +87,15 @@ def make_master_file(
     mem_limit_mb=2000,
     flat_floor=0.1,
     fingerprints=(),
+    overscan=None,
 ):
-    """Combine raw frames ``[(path, hdu), ...]`` into the master ``output`` (FITS)."""
+    """Combine raw frames ``[(path, hdu), ...]`` into the master ``output`` (FITS).
+
+    ``overscan``: the ``overscan`` configuration when it is enabled (every input is
+    overscan-subtracted and trimmed first), else None.
+    """
+    from ccdflow import calibrate
+
     t0 = time.perf_counter()
     log.info("%s master from %d frames -> %s", kind, len(frames), output)
     master = calibrate.make_master(
@@ -91,6 +108,7 @@ def make_master_file(
         saturation=saturation,
         mem_limit_mb=mem_limit_mb,
         flat_floor=flat_floor,
+        overscan=overscan,
     )
     for i, sha in enumerate(fingerprints, start=1):
         if i <= 999:
@@ -122,11 +140,19 @@ def calibrate_file(
     read_noise=None,
     saturation=None,
     fingerprint="",
+    overscan=None,
 ):
-    """Calibrate the raw frame ``raw`` with the given masters into ``output`` (FITS)."""
+    """Calibrate the raw frame ``raw`` with the given masters into ``output`` (FITS).
+
+    Saturation is judged on the raw values; then the overscan (if configured) is
+    subtracted and the frame trimmed, before bias, dark and flat.
+    """
+    from ccdflow import calibrate
+
     t0 = time.perf_counter()
-    data, header, mask = io.read_frame(raw, hdu)
-    bias_m = load_master(bias) if bias else None
+    data, header, mask = io.read_frame(raw, hdu, fast=True)
+    data, mask, header = calibrate.prepare_raw(data, mask, header, overscan, raw, saturation)
+    bias_m = load_master(bias, fast=True) if bias else None
     if read_noise is None and bias_m is not None and "RDNOISEM" in bias_m.header:
         read_noise = float(bias_m.header["RDNOISEM"]) * (gain or 1.0)
         log.info("read noise %.3f (measured from bias pairs)", read_noise)
@@ -135,12 +161,12 @@ def calibrate_file(
         mask,
         header,
         bias=bias_m,
-        dark=load_master(dark) if dark else None,
+        dark=load_master(dark, fast=True) if dark else None,
         dark_scale=dark_scale,
-        flat=load_master(flat) if flat else None,
+        flat=load_master(flat, fast=True) if flat else None,
         gain=gain,
         read_noise=read_noise,
-        saturation=saturation,
+        saturation=None,  # flagged on the raw values by prepare_raw
     )
     if read_noise is not None:
         provenance.add_step(header, "RDNOISEU", round(float(read_noise), 4))
@@ -164,7 +190,7 @@ def clean_file(calibrated, output, *, enabled=True, read_noise=None, **params):
     """
     from ccdflow import cosmics
 
-    data, header, unc, mask = io.read_product(calibrated)
+    data, header, unc, mask = io.read_product(calibrated, fast=True)
     unit = str(header.get("BUNIT", "adu")).strip().lower()
     if not enabled:
         provenance.add_step(header, "CRMETHOD", "skipped (cosmics.enabled: false)")
@@ -206,7 +232,7 @@ def align_file(cleaned, reference, output, *, reference_name, **params):
     """
     from ccdflow import align
 
-    data, header, unc, mask = io.read_product(cleaned)
+    data, header, unc, mask = io.read_product(cleaned, fast=True)
     unit = str(header.get("BUNIT", "")).strip().lower() or None
     provenance.add_step(header, "ALIGNREF", reference_name)
     if _rejected(header):
@@ -218,7 +244,7 @@ def align_file(cleaned, reference, output, *, reference_name, **params):
         result = None
         ref_shape = data.shape
     else:
-        ref, _, _, ref_mask = io.read_product(reference)
+        ref, _, _, ref_mask = io.read_product(reference, fast=True)
         ref_shape = ref.shape
         result = align.find_transform(
             data, ref, source_mask=mask, reference_mask=ref_mask, **params

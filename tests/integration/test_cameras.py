@@ -53,3 +53,16 @@ def test_camera_without_imagetyp_and_two_nights(tmp_path):
         if r["night"] == "20240316":
             assert "night 20240315 (1 d)" in r["candidates"]
     _assert_noise_limited(truth, work)
+
+
+def test_professional_ccd_with_overscan(tmp_path):
+    truth, work = _reduce(tmp_path, "pro", "pro_overscan.yaml")
+    assert read_tsv(work / "results/index/rejected.tsv") == []
+    from astropy.io import fits
+
+    frame = next((work / "results/calibrated").glob("*.fits"))
+    with fits.open(frame) as hdul:
+        assert hdul[0].data.shape == (96, 128)  # trimmed: no overscan columns left
+        assert hdul[0].header["TRIMSEC"] == "[1:128,1:96]"
+        assert hdul[0].header["OVSCCORR"].startswith("median")
+    _assert_noise_limited(truth, work)

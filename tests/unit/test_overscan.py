@@ -66,3 +66,15 @@ def test_missing_or_misfit_section_names_file_and_keyword(night):
     header["BIASSEC"] = "[130:170,1:96]"
     with pytest.raises(SectionError, match=r"BIASSEC = '\[130:170,1:96\]' does not fit"):
         prepare_raw(data, mask, header, OVERSCAN, path)
+
+
+def test_signal_in_the_overscan_is_reported_in_the_header(night, caplog):
+    light = _frames(night, "light")[0]
+    path = night["raw_dir"] / light["file"]
+    data, header, mask = read_frame(path)
+    assert "OVSCWARN" not in prepare_raw(data, mask, header, OVERSCAN, path)[2]
+    data[40:44, 140:144] += 5000.0  # a star bleeding into the strip
+    with caplog.at_level("WARNING", logger="ccdflow"):
+        out_header = prepare_raw(data, mask, header, OVERSCAN, path)[2]
+    assert out_header["OVSCWARN"].startswith("signal in overscan")
+    assert "signal in the overscan" in caplog.text and path.name in caplog.text

@@ -385,3 +385,13 @@ def test_darks_can_be_required_to_match_the_temperature():
     assert any("no usable dark" in w for w in p.warnings)
     p = plan.make_plan(inv, {**_cfg(), "dark_max_temp_diff": 20.0})
     assert p.lights["l0"]["dark"] == "dark_1x1_10x8_60s"
+
+
+def test_overscan_without_bias_after_overscan_uses_no_bias_frames():
+    inv = _two_nights()
+    p = plan.make_plan(inv, _cfg(), overscan={"enabled": True, "bias_after_overscan": False})
+    assert not any(m.startswith("bias_") for m in p.masters)
+    assert p.lights["l0"]["bias"] is None
+    assert any("bias frames are not used" in w for w in p.warnings)
+    p = plan.make_plan(inv, _cfg(), overscan={"enabled": True, "bias_after_overscan": True})
+    assert p.lights["l0"]["bias"] == "bias_1x1_10x8"

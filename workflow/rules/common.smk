@@ -37,8 +37,9 @@ if not INVENTORY.frames:
         f"no usable frames in {RAW_DIR} ({len(INVENTORY.rejected)} rejected, see "
         "results/index/rejected.tsv); check inventory.extensions and the keywords"
     )
+OVERSCAN = config["overscan"] if config["overscan"]["enabled"] else None
 try:
-    PLAN = ccd_plan.make_plan(INVENTORY, config["calibration"])
+    PLAN = ccd_plan.make_plan(INVENTORY, config["calibration"], OVERSCAN)
 except ccd_plan.PlanError as exc:
     raise WorkflowError(str(exc)) from None
 REFERENCES = ccd_plan.choose_references(PLAN.lights, config["align"]["reference"])
@@ -123,6 +124,7 @@ def master_params(kind):
         "fingerprints": fingerprints,
         "dark_scales": dark_scales,
         "saturation": saturation,
+        "overscan": OVERSCAN,
     }
 
 
@@ -151,6 +153,7 @@ def calibrate_params(wildcards):
         "hdu": record["hdu"],
         "dark_scale": row["dark_scale"],
         "fingerprint": record["fingerprint"],
+        "overscan": OVERSCAN,
         **ccd_plan.detector(record, config["detector"]),
     }
 

@@ -1,0 +1,189 @@
+"""Per-job overhead of the per-frame rules (calibrate_frame, clean_cosmics, align_frame).
+
+Two views, both medians of ``--repeat`` runs, measurements alternated so that load on a
+shared machine hits every variant alike:
+
+1. **Per job in Snakemake** (what a user pays): on a small generated night (96x128
+   pixels, so arithmetic takes milliseconds), everything is built once, then for each
+   rule ``snakemake --cores 1 --forcerun R --until R`` reruns exactly the N jobs of R.
+   ``per_job = (wall - wall of the same command with -n) / N``: the dry run pays
+   start-up, parse and DAG but runs no job. The same is done with a
+   one-rule Snakefile of N ``shell: "true"`` jobs and N empty ``script:`` jobs, the
+   floor any rule pays in Snakemake.
+2. **Breakdown** (where it goes): fresh ``python -c`` processes timing Python start-up,
+   ``import snakemake.script`` (what the preamble of a ``script:`` job loads before it
+   unpickles the job), ``import ccdflow.tasks``, the imports each task adds when it runs
+   (``ccdflow.calibrate`` -> scipy.special; astroscrappy; sep/astroalign/scipy), and
+   ``astropy.io.fits`` (which the fast FITS path avoids).
+
+``--repo`` points at another checkout (e.g. a copy with the old io.py/tasks.py) to get
+"before" numbers with the same harness.
+
+Usage::
+
+    python benchmarks/bench_overhead.py [--frames 10] [--repeat 5] [--out results/overhead.json]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RULES = ("calibrate_frame", "clean_cosmics", "align_frame")
+IMPORTS = {
+    "python_startup": "pass",
+    "numpy": "import numpy",
+    "snakemake_script_preamble": "import snakemake.script",
+    "ccdflow_tasks": "import ccdflow.tasks",
+    "calibrate_task_deps": "import ccdflow.tasks, ccdflow.calibrate",
+    "clean_task_deps": "import ccdflow.tasks, ccdflow.cosmics, astroscrappy",
+    "align_task_deps": "import ccdflow.tasks, ccdflow.align, sep, astroalign, scipy.ndimage,"
+    " scipy.spatial",
+    "scipy_special": "import scipy.special",
+    "astropy_io_fits": "import astropy.io.fits",
+}
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("SNAKEMAKE_PROFILE", None)
+    env.setdefault("OMP_WAIT_POLICY", "passive")
+    return env
+
+
+def _wall(cmd, cwd):
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=_env())
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def _smk(repo, workdir, raw, *args):
+    return [
+        sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"),
+        "--directory", str(workdir), "--cores", "1", "--quiet", *args,
+        "--config", f"raw_dir={raw}",
+    ]  # fmt: skip
+
+
+_TRIVIAL = """
+N = {n}
+rule all:
+    input: expand("shell/{{i}}", i=range(N)), expand("script/{{i}}", i=range(N))
+rule shell_job:
+    output: "shell/{{i}}"
+    shell: "touch {{output}}"
+rule script_job:
+    output: "script/{{i}}"
+    script: "empty.py"
+"""
+
+
+def _trivial(folder, n):
+    """A Snakefile of n shell jobs and n script jobs that do nothing but touch."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Snakefile").write_text(_TRIVIAL.format(n=n))
+    (folder / "empty.py").write_text("open(snakemake.output[0], 'w').close()\n")
+    return folder
+
+
+def _import_time(repo, code):
+    cmd = [
+        sys.executable,
+        "-c",
+        f"import sys; sys.path.insert(0, {str(repo / 'scripts')!r}); {code}",
+    ]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=_env(), capture_output=True)
+    return time.perf_counter() - t0
+
+
+def _night(folder, n_lights):
+    sys.path.insert(0, str(HERE.parent / "scripts"))
+    from ccdflow import demo
+
+    raw = folder / "raw"
+    if not raw.is_dir():
+        demo.make_night(folder, preset="test", n_lights=n_lights)
+    return raw
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--frames", type=int, default=10, help="light frames (n_lights of demo)")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repo", default=HERE.parent, help="checkout to measure")
+    ap.add_argument("--out", default=HERE / "results" / "overhead.json")
+    args = ap.parse_args(argv)
+    repo = Path(args.repo).resolve()
+
+    with tempfile.TemporaryDirectory(prefix="ccdflow-overhead-") as tmp:
+        tmp = Path(tmp)
+        raw = _night(tmp / "night", args.frames)
+        work = tmp / "work"
+        work.mkdir()
+        t0 = time.perf_counter()
+        _wall(_smk(repo, work, raw), work)  # build everything once
+        print(f"full run {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        n_jobs = {r: len(list((work / "logs" / r).rglob("*.log"))) for r in RULES}
+        trivial = _trivial(tmp / "trivial", args.frames)
+        names = (*RULES, *(f"{r}_dry" for r in RULES), "trivial_shell", "trivial_script")
+        runs = {k: [] for k in (*names, "trivial_noop")}
+        imports = {k: [] for k in IMPORTS}
+        for i in range(args.repeat):
+            for rule in RULES:
+                only = ("--forcerun", rule, "--until", rule)
+                runs[f"{rule}_dry"].append(_wall(_smk(repo, work, raw, *only, "-n"), work))
+                runs[rule].append(_wall(_smk(repo, work, raw, *only), work))
+            for kind in ("shell", "script"):
+                shutil.rmtree(trivial / kind, ignore_errors=True)
+                cmd = [sys.executable, "-m", "snakemake", "-s", str(trivial / "Snakefile"),
+                       "--cores", "1", "--quiet", "--forcerun", f"{kind}_job",
+                       "--until", f"{kind}_job"]  # fmt: skip
+                runs[f"trivial_{kind}"].append(_wall(cmd, trivial))
+            cmd = [sys.executable, "-m", "snakemake", "-s", str(trivial / "Snakefile"),
+                   "--cores", "1", "--quiet"]  # fmt: skip
+            runs["trivial_noop"].append(_wall(cmd, trivial))
+            for key, code in IMPORTS.items():
+                imports[key].append(_import_time(repo, code))
+            print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in runs.items()),
+                  file=sys.stderr)  # fmt: skip
+
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    per_job = {
+        rule: round((med[rule] - med[f"{rule}_dry"]) / max(n_jobs[rule], 1), 3) for rule in RULES
+    }
+    for kind in ("shell", "script"):
+        per_job[f"empty_{kind}_job"] = round(
+            (med[f"trivial_{kind}"] - med["trivial_noop"]) / args.frames, 3
+        )
+    result = {
+        "repo": str(repo),
+        "frames": args.frames,
+        "jobs_per_rule": n_jobs,
+        "repeat": args.repeat,
+        "per_job_s": per_job,
+        "import_process_median_s": {k: round(statistics.median(v), 3) for k, v in imports.items()},
+        "wall_median_s": {k: round(v, 3) for k, v in med.items()},
+        "runs_s": {k: [round(x, 3) for x in v] for k, v in runs.items()},
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "loadavg_at_end": os.getloadavg(),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
