@@ -31,6 +31,8 @@ KEYWORDS = {
     "FLATCORR": "master flat divided (file name)",
     "OVSCCORR": "overscan level subtracted",
     "OVSCWARN": "the overscan region holds signal",
+    "CALNIGHT": "night of the frame (evening date, YYYYMMDD)",
+    "CALCANDS": "calibration sets considered (night, distance)",
     "TRIMSEC": "section kept from the raw frame (FITS, 1-based)",
     "GAINCORR": "converted to electrons with this gain (e-/ADU)",
     "RAWFILE": "raw frame this product was made from",

@@ -141,6 +141,8 @@ def calibrate_file(
     saturation=None,
     fingerprint="",
     overscan=None,
+    night="",
+    candidates="",
 ):
     """Calibrate the raw frame ``raw`` with the given masters into ``output`` (FITS).
 
@@ -170,6 +172,11 @@ def calibrate_file(
     )
     if read_noise is not None:
         provenance.add_step(header, "RDNOISEU", round(float(read_noise), 4))
+    if night:
+        provenance.add_step(header, "CALNIGHT", night)
+    if candidates:
+        provenance.add_step(header, "CALCANDS", candidates[:60])
+        header.add_history(f"calibration candidates: {candidates}")
     provenance.add_step(header, "RAWFILE", Path(raw).name)
     if fingerprint:
         provenance.add_step(header, "RAWSHA", fingerprint)

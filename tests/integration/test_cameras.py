@@ -48,10 +48,15 @@ def test_camera_without_imagetyp_and_two_nights(tmp_path):
     cal = read_tsv(work / "results/index/calibration.tsv")
     nights = {r["night"] for r in cal}
     assert nights == {"20240315", "20240316"}
+    from astropy.io import fits
+
     for r in cal:  # every frame, of either night, uses the first night's masters
         assert r["bias"].endswith("_20240315") and "_20240315_" in r["flat"]
+        header = fits.getheader(work / "results/calibrated" / f"{r['frame']}.fits")
+        assert header["CALNIGHT"] == r["night"]  # the choice is in the product too
         if r["night"] == "20240316":
             assert "night 20240315 (1 d)" in r["candidates"]
+            assert "night 20240315 (1 d)" in header["CALCANDS"]
     _assert_noise_limited(truth, work)
 
 

@@ -43,6 +43,12 @@ try:
 except ccd_plan.PlanError as exc:
     raise WorkflowError(str(exc)) from None
 REFERENCES = ccd_plan.choose_references(PLAN.lights, config["align"]["reference"])
+
+
+def _candidates(row):
+    return "; ".join(f"{k}: {', '.join(v)}" for k, v in row["candidates"].items() if v)
+
+
 ccd_inventory.write_tsv(
     "results/index/calibration.tsv",
     [
@@ -54,9 +60,7 @@ ccd_inventory.write_tsv(
             "dark_scale": round(row["dark_scale"], 6),
             "flat": row["flat"] or "",
             "reference": REFERENCES[frame],
-            "candidates": "; ".join(
-                f"{k}: {' '.join(v)}" for k, v in row["candidates"].items() if v
-            ),
+            "candidates": _candidates(row),
         }
         for frame, row in sorted(PLAN.lights.items())
     ],
@@ -154,6 +158,8 @@ def calibrate_params(wildcards):
         "dark_scale": row["dark_scale"],
         "fingerprint": record["fingerprint"],
         "overscan": OVERSCAN,
+        "night": row["night"],
+        "candidates": _candidates(row) if row["night"] else "",
         **ccd_plan.detector(record, config["detector"]),
     }
 
