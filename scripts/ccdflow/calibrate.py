@@ -30,6 +30,7 @@ import numpy as np
 
 from ccdflow import bits, provenance
 from ccdflow.combine import band_rows, combine_stack
+from ccdflow.io import FITS_DTYPES
 
 
 @dataclass
@@ -89,10 +90,6 @@ def _overscan_levels(strip, rows, overscan):
     )
 
 
-#: FITS BITPIX -> numpy dtype of the data on disk (big-endian).
-_FITS_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
-
-
 class _RowReader:
     """Rows of one raw frame, read lazily from a memory map (each byte read once).
 
@@ -114,7 +111,7 @@ class _RowReader:
         if self._whole is None:
             bitpix = int(self.header["BITPIX"])
             self._map = np.memmap(
-                path, dtype=_FITS_DTYPES[bitpix], mode="r", offset=offset, shape=self.shape
+                path, dtype=FITS_DTYPES[bitpix], mode="r", offset=offset, shape=self.shape
             )
             self._bscale = float(self.header.get("BSCALE", 1.0))
             self._bzero = float(self.header.get("BZERO", 0.0))

@@ -55,6 +55,12 @@ def _summary(args):
     return 0
 
 
+def _night(args):
+    from ccdflow import demo
+
+    return demo.main(args.rest)
+
+
 def _inspect(args):
     from ccdflow import config as ccd_config
     from ccdflow import inventory, plan
@@ -111,7 +117,7 @@ def main(argv=None):
     p.set_defaults(func=_demo)
     p = sub.add_parser("night", help="only generate a night (python -m ccdflow.demo)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda a: __import__("ccdflow.demo").demo.main(a.rest))
+    p.set_defaults(func=_night)
     p = sub.add_parser("inspect", help="show what a run would do with a raw directory")
     p.add_argument("raw_dir", type=Path)
     p.add_argument("--configfile", action="append", default=[], help="config layer(s)")

@@ -17,6 +17,7 @@ back to astropy, so the fast path only ever changes speed, never results.
 """
 
 __all__ = [
+    "FITS_DTYPES",
     "FrameError",
     "Header",
     "ccd_hdulist",
@@ -366,7 +367,8 @@ _RESERVED = frozenset(
         *("NAXIS3", "NAXIS4", "CHECKSUM", "DATASUM", "GROUPS", "THEAP", "ZIMAGE"),
     )
 )
-_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+#: FITS BITPIX -> numpy dtype of the data on disk (big-endian).
+FITS_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
 class _Unsupported(Exception):
@@ -775,7 +777,7 @@ def _image_data(path, header, offset):
     native byte order); _Unsupported for scaled data or BLANK."""
     bitpix = header["BITPIX"]
     shape = tuple(header[f"NAXIS{i}"] for i in range(header["NAXIS"], 0, -1))
-    if bitpix not in _DTYPES or "BLANK" in header:
+    if bitpix not in FITS_DTYPES or "BLANK" in header:
         raise _Unsupported("BITPIX/BLANK")
     bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
     if bscale != 1 or isinstance(bscale, bool) or isinstance(bzero, bool):
@@ -784,7 +786,7 @@ def _image_data(path, header, offset):
     if bzero != 0 and (bitpix < 0 or bzero != unsigned[bitpix]):
         raise _Unsupported("BZERO")
     count = int(np.prod(shape))
-    raw = np.fromfile(path, dtype=_DTYPES[bitpix], count=count, offset=offset).reshape(shape)
+    raw = np.fromfile(path, dtype=FITS_DTYPES[bitpix], count=count, offset=offset).reshape(shape)
     if bzero:  # flip the sign bit: the exact integer value of raw + BZERO
         if bitpix == 8:
             return (raw ^ np.uint8(0x80)).view(np.int8)

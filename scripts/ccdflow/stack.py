@@ -37,7 +37,7 @@ import numpy as np
 
 from ccdflow import bits, provenance
 from ccdflow.combine import METHODS, SPREADS, band_rows, reject
-from ccdflow.io import FrameError
+from ccdflow.io import FITS_DTYPES, FrameError
 
 SCALES = ("none", "sky")
 WEIGHTS = ("none", "inverse_variance")
@@ -56,8 +56,6 @@ _BAND_OVERHEAD = 12
 #: coverage, mask).
 _OUTPUT_BYTES = 12
 
-#: FITS BITPIX -> numpy dtype on disk (big-endian).
-_FITS_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 #: Per-frame provenance of an input header that does not describe the stack.
 _PER_FRAME_KEYS = ("RAWFILE", "RAWSHA", "NSATUR", "DARKSCAL", "BZERO", "BSCALE", "BLANK")
@@ -119,7 +117,7 @@ class _ImageRows:
             self._whole = self._convert(np.asarray(h.data))
         else:
             self._whole = None
-            self._dtype = np.dtype(_FITS_DTYPES[bitpix])
+            self._dtype = np.dtype(FITS_DTYPES[bitpix])
             self._offset = int(h.fileinfo()["datLoc"])
             self._rowbytes = self.shape[1] * self._dtype.itemsize
 
