@@ -41,6 +41,7 @@ FIELDS = (
     "date",
     "xbinning",
     "ybinning",
+    "binning",
     "gain",
     "rdnoise",
     "temperature",
@@ -128,12 +129,12 @@ def group_exposures(times, absolute=0.05, relative=0.001):
     Returns
     -------
     dict
-        exposure time -> group label (:func:`exposure_label` of the group median;
+        exposure time -> group label (:func:`exposure_label` of the median over the
+        group's frames, so the most common exposure names it;
         more digits are used if two groups would share a label).
     """
-    ordered = sorted(set(times))
     groups, current = [], []
-    for t in ordered:
+    for t in sorted(times):
         if current and t - current[0] > max(absolute, relative * t):
             groups.append(current)
             current = []
@@ -254,6 +255,28 @@ def _number(value, what):
     return number
 
 
+def _binning(values, source):
+    """(x, y) binning from XBINNING/YBINNING-style fields, else a combined CCDSUM-style
+    field (``'2 2'``, ``'2x2'``, ``'2,2'``); 1 when neither is there."""
+    combined = values.get("binning")
+    pair = (None, None)
+    if combined not in (None, ""):
+        parts = re.split(r"[\sx,*]+", str(combined).strip().lower())
+        if len(parts) != 2:
+            what = source.get("binning") or "binning"
+            raise ValueError("bad_value", f"{what} = {combined!r} is not 'X Y' binning")
+        pair = parts
+    xbin = values["xbinning"] if values["xbinning"] not in (None, "") else pair[0]
+    ybin = values["ybinning"] if values["ybinning"] not in (None, "") else pair[1]
+    out = []
+    for value, name in ((xbin, "xbinning"), (ybin, "ybinning")):
+        number = _number(1 if value is None else value, source.get(name) or name)
+        if number < 1 or number != int(number):
+            raise ValueError("bad_value", f"{source.get(name) or name} = {value!r} is not a binning")
+        out.append(int(number))
+    return tuple(out)
+
+
 def _vocabulary(cfg):
     """IMAGETYP value (lower case) -> canonical type."""
     return {
@@ -298,8 +321,7 @@ def _classify(rel, entry, cfg, vocabulary=None):
             exptime = _number(values["exptime"], source["exptime"] or "exptime")
             if exptime < 0:
                 raise ValueError("bad_value", f"negative exposure time {exptime}")
-        xbin = int(_number(values["xbinning"] or 1, "xbinning"))
-        ybin = int(_number(values["ybinning"] or 1, "ybinning"))
+        xbin, ybin = _binning(values, source)
         gain = None if values["gain"] in (None, "") else _number(values["gain"], "gain")
         rdnoise = None if values["rdnoise"] in (None, "") else _number(values["rdnoise"], "rn")
         sat = values["saturation"]

@@ -120,7 +120,7 @@ def test_missing_exptime_rejects_a_light_but_not_a_bias(tmp_path, cfg):
     [
         ({"EXPTIME": -1.0}, "negative"),
         ({"EXPTIME": "long"}, "EXPTIME"),
-        ({"EXPTIME": 1.0, "XBINNING": "two"}, "xbinning"),
+        ({"EXPTIME": 1.0, "XBINNING": "two"}, "XBINNING"),
         ({"EXPTIME": 1.0, "GAIN": "n/a"}, "gain"),
     ],
 )
@@ -158,6 +158,28 @@ def test_setup_binning_detector_values_and_datamax(tmp_path, cfg):
     assert frames["f32.fits"]["setup"] == "1x1_4x6"
     assert frames["f32.fits"]["datamax"] is None
     assert frames["i16.fits"]["datamax"] == 32767.0
+
+
+@pytest.mark.parametrize("ccdsum", ["2 2", "2x2", " 2  2 "])
+def test_ccdsum_binning_when_no_x_y_keywords(tmp_path, cfg, ccdsum):
+    # NOAO-style cameras write the binning in one card; it must set the setup, or binned
+    # and unbinned frames of one shape would share calibrations.
+    light(tmp_path / "binned.fits", CCDSUM=ccdsum)
+    light(tmp_path / "xy_wins.fits", CCDSUM="2 2", XBINNING=1, YBINNING=1)
+    frames, rejected = scan(tmp_path, cfg)
+    assert not rejected
+    assert frames["binned.fits"]["setup"] == "2x2_10x8"
+    assert (frames["binned.fits"]["xbinning"], frames["binned.fits"]["ybinning"]) == (2, 2)
+    assert frames["xy_wins.fits"]["setup"] == "1x1_10x8"
+
+
+def test_unreadable_ccdsum_is_rejected_naming_it(tmp_path, cfg):
+    light(tmp_path / "odd.fits", CCDSUM="2 2 2")
+    light(tmp_path / "half.fits", XBINNING=1.5)
+    _, rejected = scan(tmp_path, cfg)
+    assert rejected["odd.fits"]["reason"] == "bad_value"
+    assert "CCDSUM" in rejected["odd.fits"]["detail"] and "'2 2 2'" in rejected["odd.fits"]["detail"]
+    assert "XBINNING" in rejected["half.fits"]["detail"]
 
 
 # --- damaged files ----------------------------------------------------------------------
@@ -360,6 +382,9 @@ def test_group_exposures_edge_cases():
     assert inventory.group_exposures([5.0]) == {5.0: "5"}
     labels = inventory.group_exposures([300.0, 299.98, 300.1, 300.0, 60.0, 120.0])
     assert labels == {299.98: "300", 300.0: "300", 300.1: "300", 60.0: "60", 120.0: "120"}
+    # The label is the median over frames: five flats of 0.5 s and one of 0.33 s are '0.5'.
+    flats = inventory.group_exposures([0.33, 0.5, 0.5, 0.5, 0.5, 0.5], absolute=0.2)
+    assert set(flats.values()) == {"0.5"}
     # A group is measured from its first member, so a slow drift does not chain forever.
     chain = inventory.group_exposures([10.0, 10.04, 10.08, 10.12])
     assert len(set(chain.values())) == 2
