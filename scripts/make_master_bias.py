@@ -14,5 +14,6 @@ make_master_file(
     saturation=snakemake.params.saturation,
     mem_limit_mb=snakemake.resources.mem_mb,
     fingerprints=snakemake.params.fingerprints,
+    identity=snakemake.params.identity,
     overscan=snakemake.params.overscan,
 )

@@ -15,5 +15,6 @@ make_master_file(
     mem_limit_mb=snakemake.resources.mem_mb,
     flat_floor=snakemake.params.floor,
     fingerprints=snakemake.params.fingerprints,
+    identity=snakemake.params.identity,
     overscan=snakemake.params.overscan,
 )

@@ -63,7 +63,7 @@ def _night(args):
 
 def _inspect(args):
     from ccdflow import config as ccd_config
-    from ccdflow import inventory, plan
+    from ccdflow import inventory, library, plan
 
     try:
         cfg = ccd_config.load(args.configfile, {"raw_dir": str(args.raw_dir)})
@@ -81,10 +81,15 @@ def _inspect(args):
         print(f"  {setup:16s} {t:6s} {filt:10s} {exp:>8s}s {n:5d}")
     for r in inv.rejected:
         print(f"  rejected {r['path']}: {r['reason']} {r['detail']}")
+    overscan = cfg["overscan"] if cfg["overscan"]["enabled"] else None
     try:
-        overscan = cfg["overscan"] if cfg["overscan"]["enabled"] else None
-        p = plan.make_plan(inv, cfg["calibration"], overscan)
-    except plan.PlanError as exc:
+        lib, skipped = library.scan_library(
+            cfg["calibration"]["library"],
+            overscan=overscan is not None,
+            utc_offset_hours=cfg["calibration"]["night_utc_offset_hours"],
+        )
+        p = plan.make_plan(inv, cfg["calibration"], overscan, lib)
+    except (plan.PlanError, FileNotFoundError) as exc:
         print(f"\nthe reduction is impossible: {exc}", file=sys.stderr)
         return 1
     refs = plan.choose_references(p.lights, cfg["align"]["reference"])
@@ -92,6 +97,12 @@ def _inspect(args):
     for m in p.masters.values():
         extra = f" (bias {m.bias}" + (f", dark {m.dark})" if m.dark else ")") if m.bias else ""
         print(f"  {m.name:36s} from {len(m.frames):3d} frames{extra}")
+    if lib or skipped:
+        print(f"\ncalibration library: {len(lib)} masters, {len(p.library)} used")
+        for m in sorted(p.library.values(), key=lambda m: m.name):
+            print(f"  {m.kind:5s} {m.name}")
+        for r in skipped:
+            print(f"  skipped {r['path']}: {r['detail']}")
     print("\nlight frames -> bias, dark (scale), flat; alignment reference:")
     for frame, use in sorted(p.lights.items()):
         dark = f"{use['dark']} x{use['dark_scale']:.4g}" if use["dark"] else "no dark"

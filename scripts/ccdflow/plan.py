@@ -7,12 +7,17 @@ raises :class:`PlanError` with one message that says what is missing and how to 
 """
 
 __all__ = [
+    "CALIBRATION_TABLE_COLUMNS",
+    "FRAME_TABLE_COLUMNS",
     "MasterSpec",
     "Plan",
     "PlanError",
+    "calibration_table",
+    "candidates_text",
     "choose_dark",
     "choose_references",
     "detector",
+    "frame_table",
     "make_plan",
     "night_of",
 ]
@@ -20,6 +25,29 @@ __all__ = [
 import datetime as _dt
 from dataclasses import dataclass, field
 from statistics import median
+
+#: Columns the plan adds to frames.tsv (after the inventory's).
+FRAME_TABLE_COLUMNS = (
+    "night",
+    "master",
+    "bias",
+    "dark",
+    "dark_scale",
+    "flat",
+    "reference",
+    "candidates",
+)
+#: Columns of calibration.tsv (one row per light frame).
+CALIBRATION_TABLE_COLUMNS = (
+    "frame",
+    "night",
+    "bias",
+    "dark",
+    "dark_scale",
+    "flat",
+    "reference",
+    "candidates",
+)
 
 
 class PlanError(Exception):
@@ -41,19 +69,41 @@ class MasterSpec:
     dark: str | None = None
     dark_scales: list = field(default_factory=list)
     temperature: float | None = None
+    night: str = ""
+    library_path: str = ""
 
     @property
     def path(self):
-        return f"results/masters/{self.name}.fits"
+        """Where the master is: made by this run, or a file of the calibration library."""
+        return self.library_path or f"results/masters/{self.name}.fits"
+
+    def identity(self):
+        """Header values that let a later run reuse this master (`ccdflow.library`)."""
+        return {
+            "CCDSETUP": self.setup,
+            "CALNIGHT": self.night,
+            "CALFILT": self.filter,
+            "CALEXPG": self.expgroup,
+            "CALTEMP": None if self.temperature is None else round(float(self.temperature), 2),
+        }
 
 
 @dataclass
 class Plan:
-    """Masters by name, and per light frame (by frame id) the masters it uses."""
+    """Masters by name, and per light frame (by frame id) the masters it uses.
+
+    ``masters`` are made by this run; ``library`` holds the library masters in use
+    (by name, which is their path).
+    """
 
     masters: dict = field(default_factory=dict)
     lights: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    library: dict = field(default_factory=dict)
+
+    def spec(self, name):
+        """The master called ``name``, made here or from the library."""
+        return self.masters[name] if name in self.masters else self.library[name]
 
     def groups(self):
         """Stack group -> sorted list of light frame ids."""
@@ -126,18 +176,35 @@ def _days(a, b):
     return abs((_dt.datetime.strptime(a, fmt) - _dt.datetime.strptime(b, fmt)).days)
 
 
-def _nearest(options, night, max_days):
+def _nearest(options, night, max_days, label="night"):
     """(night, value) of ``options`` (night -> value) nearest to ``night`` within
     ``max_days`` (earlier night on ties), or (None, None); plus the candidates seen."""
     ranked = sorted((_days(n, night), n) for n in options)
-    seen = [f"night {n} ({d} d)" if n else "one set" for d, n in ranked]
+    seen = [
+        f"{label} {n} ({d} d)" if n and d < 10**6 else f"{label} {n}" if n else "one set"
+        for d, n in ranked
+    ]
     for d, n in ranked:
         if d <= max_days or not night or not n:
             return n, options[n], seen
     return None, None, seen
 
 
-def make_plan(inventory, cfg, overscan=None):
+def _by_night(specs, warnings):
+    """night -> library master (one per night: the first by path, the others reported)."""
+    out = {}
+    for spec in specs:
+        if spec.night in out:
+            warnings.append(
+                f"library: {spec.library_path} duplicates {out[spec.night].library_path} "
+                f"(same kind, setup and night); the first is used"
+            )
+        else:
+            out[spec.night] = spec
+    return out
+
+
+def make_plan(inventory, cfg, overscan=None, library=()):
     """Build the plan.
 
     Without ``by_night`` every setup has one calibration set. With it, calibration
@@ -145,6 +212,11 @@ def make_plan(inventory, cfg, overscan=None):
     for each step, the set of its own night if it has that master, else the nearest
     night's within ``max_night_gap`` days (earlier night on ties); darks can also be
     required to match the frame's temperature within ``dark_max_temp_diff``.
+
+    ``library`` masters (`ccdflow.library.scan_library`) are used for a step only when
+    the raw directory offers no master for it: same setup, nearest night (within
+    ``max_night_gap`` when ``by_night``), darks by exposure group and temperature, flats
+    by filter.
 
     Parameters
     ----------
@@ -160,6 +232,7 @@ def make_plan(inventory, cfg, overscan=None):
     Plan
     """
     plan = Plan()
+    library = list(library)
     if overscan and not overscan.get("bias_after_overscan", False) and cfg.get("use_bias", True):
         cfg = {**cfg, "use_bias": False}
         if any(f["imagetyp"] == "bias" for f in inventory.frames):
@@ -177,6 +250,20 @@ def make_plan(inventory, cfg, overscan=None):
     def night(f):
         return night_of(f.get("date", ""), offset) if by_night else ""
 
+    def lib_night(f):
+        # the library is searched by date even without by_night (nearest master first)
+        return night_of(f.get("date", ""), offset)
+
+    def with_library(local, lib, f, n=None):
+        """(master, candidates seen): the local pick, else the library's nearest."""
+        _, spec, seen = _nearest(local, night(f) if n is None else n, gap)
+        if spec is None and lib:
+            _, spec, more = _nearest(lib, lib_night(f), gap, label="library night")
+            seen = seen + more
+            if spec is not None:
+                plan.library[spec.name] = spec
+        return spec, seen
+
     def tag(setup, n):
         return f"{setup}_{n or 'undated'}" if by_night else setup
 
@@ -185,6 +272,10 @@ def make_plan(inventory, cfg, overscan=None):
         of = {t: [f for f in frames if f["imagetyp"] == t] for t in ("bias", "dark", "flat")}
         lights = [f for f in frames if f["imagetyp"] == "light"]
         nights = sorted({night(f) for f in frames})
+        mine = [s for s in library if s.setup == setup]
+        lib_bias = _by_night([s for s in mine if s.kind == "bias"], plan.warnings)
+        if not cfg.get("use_bias", True):
+            lib_bias = {}
 
         biases = {}
         if cfg.get("use_bias", True):
@@ -193,9 +284,9 @@ def make_plan(inventory, cfg, overscan=None):
                 if members:
                     key = f"(setup {tag(setup, n)})"
                     _require(members, "bias", key, minimum["bias"], fix)
-                    spec = MasterSpec("bias", f"bias_{tag(setup, n)}", setup, members)
+                    spec = MasterSpec("bias", f"bias_{tag(setup, n)}", setup, members, night=n)
                     biases[n] = plan.masters[spec.name] = spec
-        if lights and not biases:
+        if lights and not biases and not lib_bias:
             why = "calibration.use_bias is false" if of["bias"] else "no bias frames"
             plan.warnings.append(f"setup {setup}: {why}, bias step skipped")
 
@@ -205,8 +296,8 @@ def make_plan(inventory, cfg, overscan=None):
             for f in of["dark"]:
                 if night(f) == n:
                     groups.setdefault(f["expgroup"], []).append(f)
-            bias = _nearest(biases, n, gap)[1]
             for label, members in sorted(groups.items()):
+                bias = with_library(biases, lib_bias, members[0], n)[0]
                 key = f"{label} s (setup {tag(setup, n)})"
                 _require(members, "dark", key, minimum["dark"], fix)
                 temps = [f["temperature"] for f in members if f.get("temperature") is not None]
@@ -218,15 +309,21 @@ def make_plan(inventory, cfg, overscan=None):
                     exptime=median(f["exptime"] for f in members),
                     expgroup=label,
                     bias=bias.name if bias else None,
+                    night=n,
                 )
                 d.temperature = median(temps) if temps else None
                 plan.masters[d.name] = d
                 darks.setdefault(n, []).append(d)
 
-        def pick_dark(f, darks=darks):
-            """Nearest night with darks (of a matching temperature), then choose_dark."""
+        lib_darks = {}
+        for d in mine if cfg.get("use_dark", True) else []:
+            if d.kind == "dark":
+                lib_darks.setdefault(d.night, []).append(d)
+
+        def usable(f, by_night_darks):
+            """night -> darks of a matching temperature."""
             pool = {}
-            for n, ds in darks.items():
+            for n, ds in by_night_darks.items():
                 ok = [
                     d
                     for d in ds
@@ -237,11 +334,21 @@ def make_plan(inventory, cfg, overscan=None):
                 ]
                 if ok:
                     pool[n] = ok
-            n, ds, seen = _nearest(pool, night(f), gap)
+            return pool
+
+        def pick_dark(f, darks=darks, lib_darks=lib_darks):
+            """Nearest night with darks (of a matching temperature), then choose_dark;
+            the library's only when the raw directory has none."""
+            _, ds, seen = _nearest(usable(f, darks), night(f), gap)
+            if ds is None and lib_darks:
+                _, ds, more = _nearest(usable(f, lib_darks), lib_night(f), gap, "library night")
+                seen = seen + more
             if ds is None:
                 return None, 0.0, seen
             scalable = ds[0].bias is not None and cfg.get("dark_scaling", True)
             d, scale = choose_dark(f["exptime"], f["expgroup"], ds, scalable)
+            if d is not None and d.library_path:
+                plan.library[d.name] = d
             return d, scale, seen
 
         flats = {}
@@ -251,7 +358,7 @@ def make_plan(inventory, cfg, overscan=None):
         for (n, filt), members in sorted(flats.items()):
             key = f"filter {filt} (setup {tag(setup, n)})"
             _require(members, "flat", key, minimum["flat"], fix)
-            bias = _nearest(biases, n, gap)[1]
+            bias = with_library(biases, lib_bias, members[0], n)[0]
             spec = MasterSpec(
                 "flat",
                 f"flat_{tag(setup, n)}_{filt}",
@@ -259,6 +366,7 @@ def make_plan(inventory, cfg, overscan=None):
                 members,
                 filter=filt,
                 bias=bias.name if bias else None,
+                night=n,
             )
             picks = [pick_dark(f)[:2] for f in members]
             chosen = {p[0].name for p in picks if p[0] is not None}
@@ -266,7 +374,7 @@ def make_plan(inventory, cfg, overscan=None):
                 # One dark for the whole master (the one most flats chose), each flat scaled
                 # by its own exposure unless it sits in the dark's own exposure group.
                 name = max(sorted(chosen), key=[p[0] and p[0].name for p in picks].count)
-                dark = plan.masters[name]
+                dark = plan.spec(name)
                 scalable = dark.bias is not None and cfg.get("dark_scaling", True)
                 spec.dark = name
                 spec.dark_scales = [
@@ -278,15 +386,23 @@ def make_plan(inventory, cfg, overscan=None):
             plan.masters[spec.name] = spec
             flat_specs.setdefault(filt, {})[n] = spec
 
+        lib_flats = {}
+        for spec in mine if cfg.get("use_flat", True) else []:
+            if spec.kind == "flat":
+                lib_flats.setdefault(spec.filter, []).append(spec)
+        lib_flats = {k: _by_night(v, plan.warnings) for k, v in lib_flats.items()}
+
         missing = {}
         for f in lights:
-            _, bias, bias_seen = _nearest(biases, night(f), gap)
+            bias, bias_seen = with_library(biases, lib_bias, f)
             dark, scale, dark_seen = pick_dark(f)
-            _, flat, flat_seen = _nearest(flat_specs.get(f["filter"], {}), night(f), gap)
+            flat, flat_seen = with_library(
+                flat_specs.get(f["filter"], {}), lib_flats.get(f["filter"], {}), f
+            )
             if flat is None and cfg.get("use_flat", True):
                 missing.setdefault(f["filter"], []).append(f)
-            if dark is None and of["dark"] and cfg.get("use_dark", True):
-                if not any(d.bias for ds in darks.values() for d in ds):
+            if dark is None and (of["dark"] or lib_darks) and cfg.get("use_dark", True):
+                if not any(d.bias for ds in [*darks.values(), *lib_darks.values()] for d in ds):
                     why = "darks cannot be scaled without a bias"
                 elif not cfg.get("dark_scaling", True):
                     why = "calibration.dark_scaling is false"
@@ -375,3 +491,50 @@ def choose_references(lights, mode="object"):
     return {
         frame: first[(row["record"][key], row["record"]["setup"])] for frame, row in lights.items()
     }
+
+
+def candidates_text(row, informative_only=False):
+    """The calibration candidates of a light (``Plan.lights`` row) as one line.
+
+    ``informative_only``: ``''`` when every step had just the one set of a single-night run.
+    """
+    seen = {k: v for k, v in row["candidates"].items() if v}
+    if informative_only and all(v == ["one set"] for v in seen.values()):
+        return ""
+    return "; ".join(f"{k}: {', '.join(v)}" for k, v in seen.items())
+
+
+def calibration_table(plan, references):
+    """Rows of calibration.tsv: per light frame, its night, masters and the candidates."""
+    return [
+        {
+            "frame": frame,
+            "night": row["night"],
+            "bias": row["bias"] or "",
+            "dark": row["dark"] or "",
+            "dark_scale": round(row["dark_scale"], 6),
+            "flat": row["flat"] or "",
+            "reference": references[frame],
+            "candidates": candidates_text(row),
+        }
+        for frame, row in sorted(plan.lights.items())
+    ]
+
+
+def frame_table(frames, plan, references, utc_offset_hours=0.0):
+    """Rows of frames.tsv: the inventory's columns plus what the plan does with each frame.
+
+    ``night`` is the night of every frame (DATE-OBS, local noon to noon, whether or not
+    calibrations are matched by night); ``master`` the master a calibration frame goes
+    into; a light frame gets the columns of :func:`calibration_table`.
+    """
+    into = {f["path"]: m.name for m in plan.masters.values() for f in m.frames}
+    lights = {row["frame"]: row for row in calibration_table(plan, references)}
+    out = []
+    for f in frames:
+        row = {**f, "night": night_of(f.get("date", ""), utc_offset_hours)}
+        row["master"] = into.get(f["path"], "")
+        use = lights.get(f["frame"], {})
+        row |= {k: use.get(k, "") for k in FRAME_TABLE_COLUMNS[2:]}
+        out.append(row)
+    return out

@@ -88,13 +88,17 @@ def make_master_file(
     flat_floor=0.1,
     fingerprints=(),
     overscan=None,
+    identity=None,
 ):
     """Combine raw frames ``[(path, hdu), ...]`` into the master ``output`` (FITS).
 
     ``overscan``: the ``overscan`` configuration when it is enabled (every input is
-    overscan-subtracted and trimmed first), else None.
+    overscan-subtracted and trimmed first), else None. ``identity``: the header cards a
+    later run needs to reuse the master from a calibration library
+    (`ccdflow.plan.MasterSpec.identity`; empty values are not written).
     """
     from ccdflow import calibrate
+    from ccdflow.library import IDENTITY
 
     t0 = time.perf_counter()
     log.info("%s master from %d frames -> %s", kind, len(frames), output)
@@ -110,6 +114,9 @@ def make_master_file(
         flat_floor=flat_floor,
         overscan=overscan,
     )
+    for key, value in (identity or {}).items():
+        if value not in (None, ""):
+            master.header[key] = (value, IDENTITY[key])
     for i, sha in enumerate(fingerprints, start=1):
         if i <= 999:
             master.header[f"IMSHA{i:03d}"] = (sha, "content fingerprint of input")

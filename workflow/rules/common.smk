@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 import ccdflow
 from ccdflow import inventory as ccd_inventory
+from ccdflow import library as ccd_library
 from ccdflow import plan as ccd_plan
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -28,7 +29,6 @@ INVENTORY = ccd_inventory.scan(
     cache_path="results/index/header_cache.pkl",
     grouping=config["group_by"],
 )
-ccd_inventory.write_tsv("results/index/frames.tsv", INVENTORY.frames, ccd_inventory.COLUMNS)
 ccd_inventory.write_tsv(
     "results/index/rejected.tsv", INVENTORY.rejected, ("path", "reason", "detail")
 )
@@ -39,38 +39,41 @@ if not INVENTORY.frames:
     )
 OVERSCAN = config["overscan"] if config["overscan"]["enabled"] else None
 try:
-    PLAN = ccd_plan.make_plan(INVENTORY, config["calibration"], OVERSCAN)
+    LIBRARY, _library_skipped = ccd_library.scan_library(
+        config["calibration"]["library"],
+        overscan=OVERSCAN is not None,
+        utc_offset_hours=config["calibration"]["night_utc_offset_hours"],
+    )
+except FileNotFoundError as exc:
+    raise WorkflowError(str(exc)) from None
+try:
+    PLAN = ccd_plan.make_plan(INVENTORY, config["calibration"], OVERSCAN, LIBRARY)
 except ccd_plan.PlanError as exc:
+    # the frame table is still written, so the user can see what was found
+    ccd_inventory.write_tsv("results/index/frames.tsv", INVENTORY.frames, ccd_inventory.COLUMNS)
     raise WorkflowError(str(exc)) from None
 REFERENCES = ccd_plan.choose_references(PLAN.lights, config["align"]["reference"])
 
 
-def _candidates(row):
-    return "; ".join(f"{k}: {', '.join(v)}" for k, v in row["candidates"].items() if v)
-
-
+ccd_inventory.write_tsv(
+    "results/index/frames.tsv",
+    ccd_plan.frame_table(
+        INVENTORY.frames, PLAN, REFERENCES, config["calibration"]["night_utc_offset_hours"]
+    ),
+    ccd_inventory.COLUMNS + ccd_plan.FRAME_TABLE_COLUMNS,
+)
 ccd_inventory.write_tsv(
     "results/index/calibration.tsv",
-    [
-        {
-            "frame": frame,
-            "night": row["night"],
-            "bias": row["bias"] or "",
-            "dark": row["dark"] or "",
-            "dark_scale": round(row["dark_scale"], 6),
-            "flat": row["flat"] or "",
-            "reference": REFERENCES[frame],
-            "candidates": _candidates(row),
-        }
-        for frame, row in sorted(PLAN.lights.items())
-    ],
-    ("frame", "night", "bias", "dark", "dark_scale", "flat", "reference", "candidates"),
+    ccd_plan.calibration_table(PLAN, REFERENCES),
+    ccd_plan.CALIBRATION_TABLE_COLUMNS,
 )
 GROUPS = PLAN.groups()
 for _message in PLAN.warnings:
     print(f"ccdflow: {_message}", file=sys.stderr)
 for _r in INVENTORY.rejected:
     print(f"ccdflow: skipped {_r['path']}: {_r['reason']} {_r['detail']}", file=sys.stderr)
+for _r in _library_skipped:
+    print(f"ccdflow: library: skipped {_r['path']}: {_r['detail']}", file=sys.stderr)
 
 
 wildcard_constraints:
@@ -88,7 +91,7 @@ def _master(kind, wildcards):
 
 
 def _master_path(name):
-    return PLAN.masters[name].path if name else None
+    return PLAN.spec(name).path if name else None
 
 
 def master_inputs(kind):
@@ -123,8 +126,12 @@ def master_params(kind):
         record = _master(kind, wildcards).frames[0]
         return ccd_plan.detector(record, config["detector"])["saturation"]
 
+    def identity(wildcards):
+        return _master(kind, wildcards).identity()
+
     return {
         "frames": frames,
+        "identity": identity,
         "fingerprints": fingerprints,
         "dark_scales": dark_scales,
         "saturation": saturation,
@@ -159,7 +166,7 @@ def calibrate_params(wildcards):
         "fingerprint": record["fingerprint"],
         "overscan": OVERSCAN,
         "night": row["night"],
-        "candidates": _candidates(row) if row["night"] else "",
+        "candidates": ccd_plan.candidates_text(row, informative_only=True),
         **ccd_plan.detector(record, config["detector"]),
     }
 
