@@ -345,6 +345,8 @@ def stack_file(aligned, output, *, group, mem_limit_mb=2000, **params):
     for key in ("BIASCORR", "DARKCORR", "FLATCORR"):
         if key in first:
             provenance.add_step(header, key, first[key])
+    # no CRMETHOD on the inputs: the workflow ran no cosmic-ray step (cosmics.enabled false)
+    provenance.add_step(header, "CRMETHOD", first.get("CRMETHOD", "none (cleaning disabled)"))
     provenance.add_step(header, "NEXCLUDE", len(excluded))
     for i, (path, h) in enumerate(excluded[:999], start=1):
         header[f"EXCL{i:03d}"] = (

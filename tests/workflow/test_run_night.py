@@ -192,3 +192,21 @@ def test_a_frame_that_cannot_be_aligned_is_excluded_and_the_run_goes_on(night, t
         h = hdul[0].header
         assert h["NCOMBINE"] == 2 and h["NEXCLUDE"] == 1
         assert h["EXCL001"].startswith("light_M13demo_V_060s_003: ")
+
+
+def test_with_cosmics_disabled_there_is_no_clean_job(night, tmp_path):
+    # a cleaning job that only copies the frame would cost a process start per frame
+    layer = tmp_path / "no_cosmics.yaml"
+    layer.write_text("cosmics:\n  enabled: false\n")
+    raw = night["raw_dir"]
+    dry = snakemake(tmp_path, "-n", configfiles=[layer], config={"raw_dir": raw})
+    jobs = planned_jobs(dry.stdout)
+    assert "clean_cosmics" not in jobs
+    assert jobs["calibrate_frame"] == jobs["align_frame"] == 8
+    snakemake(
+        tmp_path, "results/stacks/M13demo_V_60.fits", configfiles=[layer], config={"raw_dir": raw}
+    )
+    assert not (tmp_path / "results/cleaned").exists()
+    header = fits.getheader(tmp_path / "results/stacks/M13demo_V_60.fits")
+    assert header["CRMETHOD"] == "none (cleaning disabled)"
+    assert header["NCOMBINE"] == 2

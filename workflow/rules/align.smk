@@ -8,6 +8,8 @@ rule align_frame:
         aligned="results/aligned/{group}/{frame}.fits",
     log:
         "logs/align_frame/{group}/{frame}.log",
+    benchmark:
+        "benchmarks/align_frame/{group}/{frame}.tsv"
     conda:
         "../../envs/ccdflow.yaml"
     resources:

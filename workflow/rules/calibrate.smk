@@ -8,6 +8,8 @@ rule calibrate_frame:
         frame="results/calibrated/{frame}.fits",
     log:
         "logs/calibrate_frame/{frame}.log",
+    benchmark:
+        "benchmarks/calibrate_frame/{frame}.tsv"
     conda:
         "../../envs/ccdflow.yaml"
     resources:

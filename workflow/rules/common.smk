@@ -179,6 +179,11 @@ def aligned_path(frame):
     return f"results/aligned/{_group_of(frame)}/{frame}.fits"
 
 
+# With cosmic-ray cleaning off there is no clean_cosmics job (it would only copy the
+# frame): alignment reads the calibrated frames.
+ALIGN_FROM = "results/cleaned" if config["cosmics"]["enabled"] else "results/calibrated"
+
+
 def align_inputs(wildcards):
     """Input function of align_frame: the cleaned frame and its group's reference."""
     row = _light(wildcards)
@@ -186,8 +191,8 @@ def align_inputs(wildcards):
         raise WorkflowError(f"{wildcards.frame} is not in group {wildcards.group}")
     reference = REFERENCES[wildcards.frame]
     return {
-        "cleaned": f"results/cleaned/{wildcards.frame}.fits",
-        "reference": f"results/cleaned/{reference}.fits",
+        "cleaned": f"{ALIGN_FROM}/{wildcards.frame}.fits",
+        "reference": f"{ALIGN_FROM}/{reference}.fits",
     }
 
 

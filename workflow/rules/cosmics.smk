@@ -8,6 +8,8 @@ rule clean_cosmics:
         cleaned="results/cleaned/{frame}.fits",
     log:
         "logs/clean_cosmics/{frame}.log",
+    benchmark:
+        "benchmarks/clean_cosmics/{frame}.tsv"
     conda:
         "../../envs/ccdflow.yaml"
     resources:
