@@ -272,7 +272,9 @@ def _binning(values, source):
     for value, name in ((xbin, "xbinning"), (ybin, "ybinning")):
         number = _number(1 if value is None else value, source.get(name) or name)
         if number < 1 or number != int(number):
-            raise ValueError("bad_value", f"{source.get(name) or name} = {value!r} is not a binning")
+            raise ValueError(
+                "bad_value", f"{source.get(name) or name} = {value!r} is not a binning"
+            )
         out.append(int(number))
     return tuple(out)
 

@@ -178,7 +178,9 @@ def test_unreadable_ccdsum_is_rejected_naming_it(tmp_path, cfg):
     light(tmp_path / "half.fits", XBINNING=1.5)
     _, rejected = scan(tmp_path, cfg)
     assert rejected["odd.fits"]["reason"] == "bad_value"
-    assert "CCDSUM" in rejected["odd.fits"]["detail"] and "'2 2 2'" in rejected["odd.fits"]["detail"]
+    assert (
+        "CCDSUM" in rejected["odd.fits"]["detail"] and "'2 2 2'" in rejected["odd.fits"]["detail"]
+    )
     assert "XBINNING" in rejected["half.fits"]["detail"]
 
 
