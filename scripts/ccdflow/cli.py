@@ -93,7 +93,7 @@ def _inspect(args):
         print(f"\nthe reduction is impossible: {exc}", file=sys.stderr)
         return 1
     refs = plan.choose_references(p.lights, cfg["align"]["reference"])
-    print("\nmasters:")
+    print("\nmasters to make:" if p.masters else "\nmasters to make: none")
     for m in p.masters.values():
         extra = f" (bias {m.bias}" + (f", dark {m.dark})" if m.dark else ")") if m.bias else ""
         print(f"  {m.name:36s} from {len(m.frames):3d} frames{extra}")
@@ -104,12 +104,13 @@ def _inspect(args):
         for r in skipped:
             print(f"  skipped {r['path']}: {r['detail']}")
     print("\nlight frames -> bias, dark (scale), flat; alignment reference:")
+    def short(name):
+        return f"library:{Path(name).stem}" if name in p.library else name
+
     for frame, use in sorted(p.lights.items()):
-        dark = f"{use['dark']} x{use['dark_scale']:.4g}" if use["dark"] else "no dark"
-        print(
-            f"  {frame:32s} {use['bias'] or 'no bias'}, {dark}, {use['flat'] or 'no flat'}"
-            f"; ref {refs[frame]}"
-        )
+        bias, flat = short(use["bias"]) or "no bias", short(use["flat"]) or "no flat"
+        dark = f"{short(use['dark'])} x{use['dark_scale']:.4g}" if use["dark"] else "no dark"
+        print(f"  {frame:32s} {bias}, {dark}, {flat}; ref {refs[frame]}")
     for w in p.warnings:
         print(f"warning: {w}")
     return 0

@@ -2,6 +2,8 @@
 of an earlier run, gives the same calibrated frames as the run that made those masters."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import yaml
 from astropy.io import fits
 
 from ccdflow import demo
-from conftest import planned_jobs, read_tsv, snakemake
+from conftest import REPO, planned_jobs, read_tsv, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -43,6 +45,8 @@ def runs(tmp_path_factory):
     snakemake(second, *targets2, configfiles=[layer], config={"raw_dir": raw2})
     again = snakemake(second, "-n", *targets2, configfiles=[layer], config={"raw_dir": raw2})
     return {
+        "layer": layer,
+        "raw2": raw2,
         "first": first,
         "second": second,
         "lights": lights,
@@ -82,3 +86,17 @@ def test_calibrated_frames_equal_those_of_the_run_that_made_the_masters(runs):
             assert h["BIASCORR"] == "bias_1x1_128x96.fits"
             assert h["FLATCORR"] == f"flat_1x1_128x96_{f['filter']}.fits"
             assert "library night" in h["CALCANDS"]
+
+
+def test_inspect_lists_the_library_masters_it_will_use(runs):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ccdflow", "inspect", runs["raw2"], "--configfile", runs["layer"]],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "scripts")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "masters to make: none" in proc.stdout
+    # bias, the 300 s dark and the V and R flats, all used
+    assert "calibration library: 4 masters, 4 used" in proc.stdout
+    assert proc.stdout.count("library:bias_1x1_128x96,") == len(runs["lights"])
