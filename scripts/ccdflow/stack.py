@@ -45,8 +45,10 @@ WEIGHTS = ("none", "inverse_variance")
 #: Every named mask bit: the default set of bits that exclude a value from the stack.
 ALL_BITS = sum(bits.BIT_NAMES)  # distinct powers of two
 
-#: Rows read per input to measure its sky level / typical variance before stacking.
+#: Rows and columns sampled per input to measure its sky level / typical variance before
+#: stacking: a grid of 256 x 256 pixels gives the median to 0.5 % of the pixel noise.
 _SAMPLE_ROWS = 256
+_SAMPLE_COLUMNS = 256
 
 #: Temporaries of one band, in multiples of the (n, rows, nx) float32 value stack:
 #: values, uncertainties, masks, and the clip (see ``combine.band_rows``).
@@ -123,7 +125,8 @@ class _ImageRows:
 
     def _convert(self, raw):
         if self._integer:
-            out = raw.astype(np.int64)
+            # mask planes: 16-bit with BZERO 32768 fit int32 (half the memory of int64)
+            out = raw.astype(np.int32 if raw.dtype.itemsize <= 2 else np.int64)
             if self._bzero:
                 out += int(self._bzero)
             return out
@@ -134,27 +137,34 @@ class _ImageRows:
             out += np.float32(self._bzero)
         return out
 
-    def _read(self, f, y0, y1):
-        f.seek(self._offset + y0 * self._rowbytes)
-        count = (y1 - y0) * self.shape[1]
-        raw = np.fromfile(f, dtype=self._dtype, count=count)
-        if raw.size != count:
+    def _read(self, fd, y0, y1):
+        # os.pread: one system call, no Python file object (np.fromfile on a file object
+        # costs about 0.1 ms a call, which dominated the strided sample reads)
+        nbytes = (y1 - y0) * self._rowbytes
+        raw = os.pread(fd, nbytes, self._offset + y0 * self._rowbytes)
+        if len(raw) != nbytes:
             raise FrameError(self.path, "truncated", f"rows {y0}:{y1} are past the end")
-        return raw.reshape(y1 - y0, self.shape[1])
+        return np.frombuffer(raw, dtype=self._dtype).reshape(y1 - y0, self.shape[1])
 
     def rows(self, y0, y1):
         """Rows ``y0:y1`` as a new array."""
         if self._whole is not None:
             return self._whole[y0:y1].copy()
-        with open(self.path, "rb") as f:
-            return self._convert(self._read(f, y0, y1))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return self._convert(self._read(fd, y0, y1))
+        finally:
+            os.close(fd)
 
-    def sample(self, step):
-        """Every ``step``-th row, starting at row 0."""
+    def sample(self, step, col_step=1):
+        """Every ``step``-th row and ``col_step``-th column, starting at pixel (0, 0)."""
         if self._whole is not None:
-            return self._whole[::step].copy()
-        with open(self.path, "rb") as f:
-            raw = [self._read(f, y, y + 1) for y in range(0, self.shape[0], step)]
+            return self._whole[::step, ::col_step].copy()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            raw = [self._read(fd, y, y + 1)[:, ::col_step] for y in range(0, self.shape[0], step)]
+        finally:
+            os.close(fd)
         return self._convert(np.concatenate(raw))
 
 
@@ -196,13 +206,13 @@ class _Product:
             bad |= (self.mask.rows(y0, y1) & reject_bits) != 0
         return data, unc, bad
 
-    def sample(self, step, reject_bits):
-        """Like :meth:`rows` for every ``step``-th row."""
-        data = self.data.sample(step)
-        unc = self.uncert.sample(step).astype(np.float32, copy=False)
+    def sample(self, step, reject_bits, col_step=1):
+        """Like :meth:`rows` for every ``step``-th row and ``col_step``-th column."""
+        data = self.data.sample(step, col_step)
+        unc = self.uncert.sample(step, col_step).astype(np.float32, copy=False)
         bad = ~(np.isfinite(data) & np.isfinite(unc))
         if self.mask is not None:
-            bad |= (self.mask.sample(step) & reject_bits) != 0
+            bad |= (self.mask.sample(step, col_step) & reject_bits) != 0
         return data, unc, bad
 
 
@@ -229,7 +239,8 @@ def _frame_levels(product, reject_bits, need_sky, need_weight):
     from astropy.stats import sigma_clipped_stats
 
     step = max(1, product.shape[0] // _SAMPLE_ROWS)
-    data, unc, bad = product.sample(step, reject_bits)
+    col_step = max(1, product.shape[1] // _SAMPLE_COLUMNS)
+    data, unc, bad = product.sample(step, reject_bits, col_step)
     good = ~bad
     if not good.any():
         raise FrameError(product.path, "no_valid_pixels", "every sampled pixel is masked")
