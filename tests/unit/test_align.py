@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ccdflow import bits
+from ccdflow import align, bits
 from ccdflow.align import REASONS, AlignResult, find_transform, resample
 from ccdflow.demo import render_stars, transform_positions
 
@@ -300,3 +300,155 @@ def test_identity_resample_returns_the_input():
 def test_resample_rejects_mismatched_planes():
     with pytest.raises(ValueError, match="mask"):
         resample(np.zeros(SHAPE), None, np.zeros((3, 3), np.uint16), np.eye(3), SHAPE)
+
+
+def test_identity_resample_is_exact():
+    # The reference itself is returned as it is (masked pixels filled), not interpolated.
+    rng = np.random.default_rng(8)
+    data = (SKY + rng.normal(0.0, NOISE, SHAPE)).astype(np.float32)
+    unc = rng.uniform(5.0, 15.0, SHAPE).astype(np.float32)
+    mask = np.zeros(SHAPE, np.uint16)
+    mask[5, 7], mask[200, 100] = bits.BAD, bits.COSMIC | bits.SATURATED
+    out, out_unc, out_mask = resample(data, unc, mask, np.eye(3), SHAPE)
+    good = mask == 0
+    np.testing.assert_array_equal(out[good], data[good])
+    np.testing.assert_array_equal(out_unc[good], unc[good])
+    np.testing.assert_array_equal(out_mask, mask)
+    assert out[5, 7] in data[4:7, 6:9] and out_unc[5, 7] in unc[4:7, 6:9]  # a neighbour
+
+
+# --------------------------------------------------------------------------------------
+# The fast paths give what the plain algorithm gives
+
+
+def _plain_resample(data, uncertainty, mask, matrix, shape):
+    """The rules of the module docstring written plainly, on every pixel, in float64."""
+    from scipy import ndimage
+
+    ny, nx = data.shape
+    inverse = np.linalg.inv(matrix)
+    jacobian = abs(np.linalg.det(inverse[:2, :2]))
+    in_mask = np.zeros(data.shape, np.uint16) if mask is None else mask.astype(np.uint16)
+    in_mask[~np.isfinite(data)] |= bits.BAD
+    good = in_mask == 0
+    planes = [np.array(data, dtype=np.float64)]
+    if uncertainty is not None:
+        planes.append(np.square(np.asarray(uncertainty, dtype=np.float64)))
+        good &= np.isfinite(planes[1])
+    if not good.all():
+        index = ndimage.distance_transform_edt(~good, return_distances=False, return_indices=True)
+        for plane in planes:
+            plane[~good] = plane[index[0][~good], index[1][~good]]
+    linear, offset = inverse[:2, :2][::-1, ::-1], inverse[:2, 2][::-1]
+    warp = dict(output_shape=shape, mode="nearest", output=np.float64)
+    out = ndimage.affine_transform(planes[0], linear, offset, order=3, **warp)
+    out_unc = None
+    if uncertainty is not None:
+        out_unc = np.sqrt(ndimage.affine_transform(planes[1], linear, offset, order=1, **warp))
+    gy, gx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    xs = inverse[0, 0] * gx + (inverse[0, 1] * gy + inverse[0, 2])
+    ys = inverse[1, 0] * gx + (inverse[1, 1] * gy + inverse[1, 2])
+    tol = 1e-6
+    inside = (xs >= -tol) & (xs <= nx - 1 + tol) & (ys >= -tol) & (ys <= ny - 1 + tol)
+    x0 = np.clip(np.floor(xs), 0, nx - 2).astype(int)
+    y0 = np.clip(np.floor(ys), 0, ny - 2).astype(int)
+    fx, fy = np.clip(xs - x0, 0, 1), np.clip(ys - y0, 0, 1)
+    corners = [(0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy))]
+    corners += [(1, 0, (1 - fx) * fy), (1, 1, fx * fy)]
+    out_mask = np.zeros(shape, np.uint16)
+    for bit in (1 << k for k in range(16)):
+        weight = sum(w * ((in_mask[y0 + j, x0 + i] & bit) != 0) for j, i, w in corners)
+        out_mask[weight > 0.5] |= bit
+        iy, ix = np.nonzero(in_mask & bit)
+        fwd = np.rint(np.column_stack([ix, iy, np.ones(ix.size)]) @ matrix[:2].T).astype(int)
+        on = (fwd[:, 0] >= 0) & (fwd[:, 0] < shape[1]) & (fwd[:, 1] >= 0) & (fwd[:, 1] < shape[0])
+        out_mask[fwd[on, 1], fwd[on, 0]] |= bit
+    out_mask[~inside] |= bits.NODATA
+    out = np.where(inside, out * jacobian, 0.0)
+    if out_unc is not None:
+        out_unc = np.where(inside, out_unc * jacobian, 0.0)
+    return out, out_unc, out_mask
+
+
+def _similarity(scale, rot_deg, dx, dy):
+    a = np.radians(rot_deg)
+    m = np.eye(3)
+    m[:2, :2] = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    m[:2, 2] = dx, dy
+    return m
+
+
+@pytest.mark.parametrize(
+    ("matrix", "out_shape"),
+    [
+        (_similarity(1.0, 0.25, 5.3, -3.7), (96, 80)),
+        (_similarity(1.0, 0.0, -2.25, 1.75), (96, 80)),  # a pure shift
+        (_similarity(1.0, 0.0, 3.0, -1.0), (96, 80)),  # a whole-pixel shift
+        (_similarity(1.01, -30.0, 20.0, 30.0), (96, 80)),
+        (_similarity(0.8, 180.0, 70.0, 100.0), (70, 110)),  # other output shape
+        (np.array([[-1.0, 0.0, 79.0], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]]), (96, 80)),  # flip
+    ],
+)
+@pytest.mark.parametrize("fraction", [0.0, 0.003, 0.3])
+@pytest.mark.parametrize("whole_frame", [0.0, np.inf])  # whole-frame paths, or windows only
+def test_resample_equals_the_plain_algorithm(
+    matrix, out_shape, fraction, whole_frame, monkeypatch
+):
+    monkeypatch.setattr(align, "_WHOLE_FRAME", whole_frame)
+    rng = np.random.default_rng(12)
+    shape = (96, 80)
+    data = SKY + rng.normal(0.0, NOISE, shape)
+    data[rng.random(shape) < 0.01] += 1e4  # spikes
+    data[3, 4] = np.nan
+    unc = rng.uniform(5.0, 15.0, shape).astype(np.float32)
+    unc[50, 60] = np.inf
+    mask = np.zeros(shape, np.uint16)
+    flagged = rng.random(shape) < fraction
+    mask[flagged] = rng.choice([1, 2, 4, 6, 8], flagged.sum())
+    mask[30:60, 0] |= bits.COSMIC  # the edges: the mask rule clamps outside pixels onto them
+    mask[-1, 10:20] |= bits.SATURATED
+    mask[40:52, 30:37] |= bits.FLAT_LOW  # a block larger than the first fill window
+    got = resample(data.astype(np.float32), unc, mask, matrix, out_shape)
+    want = _plain_resample(data.astype(np.float32), unc, mask, matrix, out_shape)
+    np.testing.assert_array_equal(got[2], want[2])
+    for g, w in zip(got[:2], want[:2], strict=True):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * np.abs(w).max())
+
+
+def test_footprint_is_exact_at_the_tolerance():
+    # Shifts that put a column exactly at the footprint tolerance: the per-row solution must
+    # agree with the test on every pixel, rounding included.
+    rng = np.random.default_rng(3)
+    shape = (40, 50)
+    for _ in range(200):
+        k = rng.integers(-5, 6, 2)
+        edge = rng.choice([-1e-6, 1e-6, 0.0, 5e-7])
+        rot = rng.choice([0.0, 1e-9, 0.3, 90.0])
+        matrix = _similarity(1.0, rot, k[0] + edge, k[1] - edge)
+        inverse = np.linalg.inv(matrix)
+        lo, hi = align._footprint(inverse, shape, shape)
+        gy, gx = np.mgrid[0 : shape[0], 0 : shape[1]]
+        want = align._inside(inverse, shape, gy, gx)
+        got = (gx >= lo[:, None]) & (gx <= hi[:, None])
+        np.testing.assert_array_equal(got, want)
+
+
+def test_nearest_good_pixel_is_the_distance_transform_choice():
+    # Among equally near good pixels, the windows pick the one the whole-frame transform
+    # picks (so the filled values, and the spline around them, do not change).
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    shape = (300, 200)
+    masked = rng.random(shape) < 0.003
+    masked[100:112, 50:58] = True  # a saturated core
+    masked[150:190, 120] = True  # a bleed column
+    masked[:, :2] = masked[-1, :] = True  # frame edges
+    masked[20:23, 20:23] = True
+    bad = np.flatnonzero(masked)
+    where = np.arange(masked.size, dtype=np.float64).reshape(shape)  # value = own index
+    align._fill_nearest_good([where], bad)
+    index = ndimage.distance_transform_edt(masked, return_distances=False, return_indices=True)
+    want = np.ravel_multi_index((index[0].reshape(-1)[bad], index[1].reshape(-1)[bad]), shape)
+    np.testing.assert_array_equal(where.reshape(-1)[bad].astype(np.int64), want)
