@@ -9,16 +9,17 @@ of processing that one frame plus re-stacking its group.
 2. The night is reduced once (the default target: masters, frames, stacks, raw stacks,
    previews, QC table). Its wall time is recorded.
 3. The held-back frame is copied in and the same command runs again: ``incremental_s``
-   is its wall time, and the jobs it ran are read from the Snakemake log.
+   is its wall time, and the jobs it ran are read from the Snakemake log. (Between
+   repeats the frame is removed again, its products deleted, and the workflow run
+   without it.)
 4. ``baseline_s`` is what the issue compares with: the processing of that one frame and
    the re-stacking of its group, i.e. the run times of its calibrate_frame,
    clean_cosmics, align_frame and stack_group jobs from their ``benchmark:`` files
    (each is the wall time of the job's own process, start-up included).
    ``ratio = incremental_s / baseline_s``.
 
-Steps 3-4 are repeated ``--repeat`` times (the frame is removed and the products of
-the incremental run are restored between repeats by running the workflow without the
-frame again, which is itself timed as ``removal_s``). The time Snakemake spends before
+Steps 3-4 are repeated ``--repeat`` times; the run without the frame between repeats is
+timed as ``removal_s``. The time Snakemake spends before
 the first job (start-up, parse, DAG of all jobs, checking every output) is reported as
 ``dry_run_s`` (the same command with ``-n``).
 
@@ -74,6 +75,18 @@ def _bench_seconds(path):
     return float(row["s"])
 
 
+def _forget(work, frame_id):
+    """Delete the products of a frame, so that adding it again makes it new (its outputs
+    would otherwise still be there and up to date, and rightly not be made again)."""
+    for pattern in (
+        f"results/calibrated/{frame_id}.fits",
+        f"results/cleaned/{frame_id}.fits",
+        f"results/aligned/*/{frame_id}.fits",
+    ):
+        for path in work.glob(pattern):
+            path.unlink()
+
+
 def _night(workdir, lights):
     from ccdflow import demo
 
@@ -110,12 +123,14 @@ def main(argv=None):
     print(f"  full run {full_s:.1f} s: {_jobs_run(log)}", flush=True)
 
     results = []
+    stem = frame.name.split(".")[0]
+    for path in (work / "results/calibrated").glob(f"{stem}*.fits"):
+        _forget(work, path.stem)  # left by an interrupted run of this benchmark
     for i in range(args.repeat):
         dry_s, _ = _snakemake(work, raw, "-n")
         shutil.copy2(frame, raw / frame.name)
         inc_s, log = _snakemake(work, raw)
         jobs = _jobs_run(log)
-        stem = frame.name.split(".")[0]
         ids = [f for f in os.listdir(work / "results/calibrated") if f.startswith(stem)]
         frame_id = ids[0].removesuffix(".fits")
         group = next(
@@ -132,6 +147,7 @@ def main(argv=None):
         }
         baseline = sum(parts.values())
         (raw / frame.name).unlink()
+        _forget(work, frame_id)
         removal_s, _ = _snakemake(work, raw)
         row = {
             "incremental_s": inc_s,
