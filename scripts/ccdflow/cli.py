@@ -104,6 +104,7 @@ def _inspect(args):
         for r in skipped:
             print(f"  skipped {r['path']}: {r['detail']}")
     print("\nlight frames -> bias, dark (scale), flat; alignment reference:")
+
     def short(name):
         return f"library:{Path(name).stem}" if name in p.library else name
 
