@@ -19,6 +19,11 @@ warm vs warm) and cold (each file's pages dropped first with
 ``posix_fadvise(DONTNEED)``, which touches only these files; cold read time depends on
 the disk, so it is reported but is not the target).
 
+Before that, a child combines a tiny stack twice in a row in fresh processes: the
+first compiles the kernel if its cache is empty (``kernel_first_s``), the second
+loads it (``kernel_load_s``: importing numba and loading the machine code, which
+every ``combine`` run pays once).
+
 Usage::
 
     python benchmarks/bench_combine.py                 # N = 10 25 50, 3 repeats
@@ -78,6 +83,15 @@ def _drop_cache(paths):
 def _child(args):
     """Run in the child: read once or make the master; print JSON."""
     sys.path.insert(0, args.scripts)
+    if args.child == "kernel":
+        from ccdflow import combine
+
+        t0 = time.perf_counter()
+        combine.combine_stack(np.zeros((3, 2, 2), np.float32))
+        kernel = getattr(combine, "_kernel", lambda: None)()
+        name = "numpy" if kernel is None else kernel.__name__
+        print(json.dumps({"seconds": time.perf_counter() - t0, "kernel": name}))
+        return
     from ccdflow import calibrate
     from ccdflow.combine import band_rows
 
@@ -113,6 +127,15 @@ def _child(args):
     once = all(returned.get(p, 0) == size for p, _ in frames)
     disk = int(io1["read_bytes"]) - int(io0["read_bytes"])
     print(json.dumps({"seconds": seconds, "cpu": cpu, "once": once, "disk_bytes": disk}))
+
+
+def _kernel_first_call(args):
+    """Seconds of the first combine in a fresh process, and which kernel it used."""
+    cmd = [sys.executable, __file__, "--child", "kernel", "--scripts", args.scripts]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"kernel child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _run(kind, paths, args):
@@ -182,12 +205,18 @@ def main(argv=None):
     parser.add_argument("--keep", action="store_true", help="keep the frames")
     parser.add_argument("--scripts", default=str(ROOT / "scripts"), help="ccdflow to time")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/combine.json")
-    parser.add_argument("--child", choices=["read", "combine"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["read", "combine", "kernel"], help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return _child(args)
 
+    first, load = _kernel_first_call(args), _kernel_first_call(args)
+    print(
+        f"kernel {load['kernel']}: first call {first['seconds']:.2f} s (compiles when not "
+        f"cached), then {load['seconds']:.2f} s per process",
+        flush=True,
+    )
     folder = args.data or Path(tempfile.mkdtemp(prefix="bench_combine_"))
     results = []
     try:
@@ -211,7 +240,14 @@ def main(argv=None):
             if args.data is None:
                 folder.rmdir()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"scripts": args.scripts, "combine": COMBINE, "cpu_count": os.cpu_count()}
+    meta = {
+        "scripts": args.scripts,
+        "combine": COMBINE,
+        "cpu_count": os.cpu_count(),
+        "kernel": load["kernel"],
+        "kernel_first_s": round(first["seconds"], 3),
+        "kernel_load_s": round(load["seconds"], 3),
+    }
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(f"wrote {args.out}")
 

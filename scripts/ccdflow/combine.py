@@ -24,13 +24,23 @@ spread ``s`` from them; a value ``x`` is rejected when ``c - x > sigma_low * s``
 ``x - c > sigma_high * s``. Passes repeat until nothing changes or ``maxiters``. All in
 float32, like the data.
 
-How it is fast: the values of each pixel are sorted once (a sorting network over the
-frame axis, which is vectorised across pixels). A clip only removes values from the
-two ends of a sorted vector, so the survivors of every pass are a contiguous index
-range ``[lo, hi)``: the median is read off the middle of the range and the spread is
-computed with row operations masked to the range. Only the pixels that changed in
-the last pass are processed again. The pixels are processed in chunks of about
-:data:`_CHUNK_VALUES` values, so the temporaries stay small and in cache.
+How it is computed: the values of each pixel are sorted once (a sorting network
+over the frame axis). A clip only removes values from the two ends of a sorted
+vector, so the survivors of every pass are a contiguous index range ``[lo, hi)``: the
+median is read off the middle of the range and the spread is computed over the range,
+every sum in sorted order. Two implementations do exactly that, with the same float32
+operations in the same order, so their results are bit for bit the same
+(``tests/unit/test_combine.py`` checks it):
+
+- the compiled kernel (:mod:`ccdflow._kernels`, numba; used for calls of at least
+  :data:`_COMPILED_MIN_VALUES` values): one pass over the pixels, blocks of them in
+  parallel, the arithmetic vectorised across pixels; numba and the compiled code load
+  in about 0.4 s on the first call of a process (compiled once per installation, about
+  10 s), so small combines stay on numpy;
+- the numpy kernel below (the reference; used when numba is missing or
+  ``CCDFLOW_COMBINE_KERNEL=numpy``): row operations vectorised across pixels, in
+  chunks of about :data:`_CHUNK_VALUES` values so the temporaries stay small; only
+  the pixels that changed in the last pass are processed again.
 
 The uncertainty of the result is the standard error: the standard deviation of the
 surviving values (corrected for its small-sample bias) over sqrt(n), times sqrt(pi/2)
@@ -39,7 +49,10 @@ for medians. With few frames it is a noisy per-pixel estimate.
 
 __all__ = ["METHODS", "SPREADS", "band_rows", "combine_stack", "reject", "winsorized_std"]
 
+import contextlib
 import functools
+import math
+import os
 import warnings
 
 import numpy as np
@@ -87,10 +100,17 @@ def winsorized_std(data, axis=0, iterations=_WINSOR_ROUNDS):
 
 def _c4(n):
     """Bias of the sample standard deviation of n Gaussian values: E[s] = c4(n) sigma."""
-    from scipy.special import gammaln  # here: importing scipy costs per-frame jobs 0.15 s
-
     n = np.maximum(np.asarray(n, dtype=np.float64), 2)
-    return np.exp(0.5 * np.log(2 / (n - 1)) + gammaln(n / 2) - gammaln((n - 1) / 2))
+    lgamma = np.vectorize(math.lgamma, otypes=[np.float64])  # scipy costs 0.15 s to import
+    return np.exp(0.5 * np.log(2 / (n - 1)) + lgamma(n / 2) - lgamma((n - 1) / 2))
+
+
+@functools.cache
+def _c4_table(n):
+    """float32 :func:`_c4` of 0 ... n values."""
+    table = _c4(np.arange(n + 1)).astype(np.float32)
+    table.flags.writeable = False
+    return table
 
 
 def band_rows(n_frames, nx, ny, mem_limit_mb, bytes_per_value=4, overhead=6):
@@ -377,8 +397,8 @@ def _ranges(s, bad, method, sigma_low, sigma_high, maxiters, spread, nlow, nhigh
     ngood = n - _count(bad)
     if method in ("sigma_clip", "sigma_clip_median") and n >= 3:
         return _clip_ranges(s, ngood, sigma_low, sigma_high, maxiters, spread)
-    if method == "minmax":
-        hi = ngood - nhigh
+    if method == "minmax":  # (a pixel with nhigh or fewer good values keeps none)
+        hi = np.maximum(ngood - nhigh, 0)
         return np.minimum(nlow, hi), hi
     return np.zeros_like(ngood), ngood
 
@@ -390,6 +410,128 @@ def _check(method, spread, n, nlow, nhigh):
         raise ValueError(f"clip spread {spread!r} is not one of {SPREADS}")
     if method == "minmax" and nlow + nhigh >= n:
         raise ValueError(f"minmax drops {nlow}+{nhigh} of only {n} frames")
+
+
+#: Fewest values (frames x pixels) in one call for which the compiled kernel is used.
+#: Loading numba and the compiled code costs about 0.4 s per process, which a combine of
+#: 10 frames of 2048 x 2048 (4e7 values, 0.75 s with numpy) does not win back; a master of
+#: 10 frames of 4128 x 2080 (8.6e7 values) does (1.6 s -> 0.9 s; benchmarks/README.md).
+#: Once loaded in a process, the kernel is used for every call. Both kernels give the
+#: same results bit for bit, so the choice never changes a number.
+_COMPILED_MIN_VALUES = 2**26
+
+
+def _kernel(values=None):
+    """The compiled kernel (:mod:`ccdflow._kernels`) for a call on ``values`` values, or
+    None for the numpy kernel: the call is small (see `_COMPILED_MIN_VALUES`), numba is
+    missing, or ``CCDFLOW_COMBINE_KERNEL`` is ``numpy`` (``numba`` forces the compiled one)."""
+    choice = os.environ.get("CCDFLOW_COMBINE_KERNEL", "").lower()
+    if choice == "numpy":
+        return None
+    loaded = _load_kernel.cache_info().currsize > 0
+    small = values is not None and values < _COMPILED_MIN_VALUES
+    if choice != "numba" and not loaded and small:
+        return None
+    return _load_kernel()
+
+
+@functools.cache
+def _load_kernel():
+    try:
+        from ccdflow import _kernels
+    except ImportError as exc:
+        import logging
+
+        logging.getLogger("ccdflow").warning("numba unavailable (%s): numpy combine", exc)
+        return None
+    return _kernels
+
+
+@functools.cache
+def _threads():
+    """Threads of the compiled kernel: the CPUs this process may run on, at most
+    ``OMP_NUM_THREADS`` when set (Snakemake sets it to the threads of the rule)."""
+    import numba
+
+    threads = numba.config.NUMBA_NUM_THREADS
+    if hasattr(os, "sched_getaffinity"):
+        threads = min(threads, len(os.sched_getaffinity(0)))
+    with contextlib.suppress(KeyError, ValueError):  # unset, or not a number
+        threads = min(threads, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, threads)
+
+
+@functools.cache
+def _pairs(n):
+    return np.array(_network(n), dtype=np.int64).reshape(-1, 2)
+
+
+def _as_frames(stack, mask):
+    """Frames (float32, C-contiguous) and masks (bool or None) of a stack given as an
+    array ``(n, ...)`` or as sequences of per-frame arrays."""
+    frames = [np.ascontiguousarray(f, dtype=np.float32) for f in stack]
+    if not frames:
+        raise ValueError("nothing to combine: no frames")
+    shape = frames[0].shape
+    if any(f.shape != shape for f in frames):
+        raise ValueError("frames of different shapes")
+    if mask is None:
+        masks = [None] * len(frames)
+    else:
+        masks = [None if m is None else np.ascontiguousarray(m, dtype=bool) for m in mask]
+        if len(masks) != len(frames) or any(m is not None and m.shape != shape for m in masks):
+            raise ValueError("the mask does not match the frames")
+    return frames, masks, shape
+
+
+def _as_arrays(frames, masks):
+    stack = np.stack(frames)
+    if all(m is None for m in masks):
+        return stack, None
+    return stack, np.stack([np.zeros(stack.shape[1:], bool) if m is None else m for m in masks])
+
+
+def _compiled(kernel, frames, masks, params, out=None, bounds=False):
+    """Run the compiled kernel: ``(data, unc, nused)`` into ``out`` (flat arrays, or
+    empty ones to skip) and, with ``bounds``, the smallest and largest survivor."""
+    n, size = len(frames), frames[0].size
+    method, spread = params["method"], params["spread"]
+    ranges = 1 if method.startswith("sigma_clip") and n >= 3 else 2 if method == "minmax" else 0
+    median = method in ("median", "sigma_clip_median")
+    maxiters = params["maxiters"]
+    address = np.array([f.__array_interface__["data"][0] for f in frames], np.int64)
+    mask_address = np.array(
+        [0 if m is None else m.__array_interface__["data"][0] for m in masks], np.int64
+    )
+    empty = np.empty(0, np.float32)
+    data, unc, nused = out if out is not None else (empty, empty, np.empty(0, np.int16))
+    first = np.empty(size if bounds else 0, np.float32)
+    last = np.empty_like(first)
+    import numba
+
+    numba.set_num_threads(_threads())
+    kernel.combine(
+        address,
+        mask_address,
+        size,
+        _pairs(n),
+        ranges,
+        int(params["nlow"]),
+        int(params["nhigh"]),
+        np.float32(params["sigma_low"]),
+        np.float32(params["sigma_high"]),
+        2**62 if maxiters is None else int(maxiters),
+        SPREADS.index(spread),
+        median,
+        _c4_table(n),
+        np.float32(np.sqrt(np.pi / 2) if median else 1.0),
+        data,
+        unc,
+        nused,
+        first,
+        last,
+    )
+    return first, last
 
 
 def reject(
@@ -414,6 +556,111 @@ def reject(
     numpy.ndarray of bool
         Same shape as ``stack``; True for a value not to use.
     """
+    kernel = _kernel(np.size(stack))
+    if kernel is None or method == "minmax" or not method.startswith("sigma_clip"):
+        return _reject_numpy(stack, mask, method, sigma_low, sigma_high, maxiters, spread,
+                             nlow, nhigh)  # fmt: skip
+    stack = np.asarray(stack, dtype=np.float32)
+    n = stack.shape[0]
+    _check(method, spread, n, nlow, nhigh)
+    bad = ~np.isfinite(stack)
+    if mask is not None:
+        bad |= np.asarray(mask, dtype=bool)
+    if n < 3:
+        return bad
+    frames, masks, _ = _as_frames(stack, mask)
+    params = dict(method=method, sigma_low=sigma_low, sigma_high=sigma_high,
+                  maxiters=maxiters, spread=spread, nlow=nlow, nhigh=nhigh)  # fmt: skip
+    first, last = _compiled(kernel, frames, masks, params, bounds=True)
+    shape = stack.shape[1:]
+    first, last = first.reshape(shape), last.reshape(shape)
+    with np.errstate(invalid="ignore"):
+        for i in range(n):
+            bad[i] |= ~((stack[i] >= first) & (stack[i] <= last))
+    return bad
+
+
+def combine_stack(
+    stack,
+    mask=None,
+    method="sigma_clip",
+    sigma_low=3.0,
+    sigma_high=3.0,
+    maxiters=5,
+    spread="winsorized",
+    nlow=1,
+    nhigh=1,
+    out=None,
+):
+    """Combine frames along axis 0.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray or sequence of numpy.ndarray
+        ``(n, ny, nx)`` values, or ``n`` frames of the same shape (not copied when
+        float32 and C-contiguous), any unit (the result has the same unit).
+        Non-finite values are not used.
+    mask : numpy.ndarray of bool, or sequence, optional
+        True where a value must not be used (per frame: an array or None). Not
+        modified.
+    method : str
+        One of :data:`METHODS`.
+    sigma_low, sigma_high : float
+        Clipping thresholds in units of the spread (sigma methods).
+    maxiters : int or None
+        Maximum clipping passes (None: until nothing changes).
+    spread : {'winsorized', 'mad_std', 'std'}
+        Spread estimator of the clip (see :data:`SPREADS`).
+    nlow, nhigh : int
+        Values dropped per pixel by ``minmax``.
+    out : tuple of numpy.ndarray, optional
+        C-contiguous float32, float32, int16 arrays of the frame shape to write
+        ``data``, ``uncertainty``, ``nused`` to (returned).
+
+    Returns
+    -------
+    data : numpy.ndarray
+        ``(ny, nx)`` float32 combined image; 0 where no value survived.
+    uncertainty : numpy.ndarray
+        float32 standard error of ``data``.
+    nused : numpy.ndarray
+        int16 number of values used per pixel (0 marks no data).
+    """
+    frames, masks, shape = _as_frames(stack, mask)
+    _check(method, spread, len(frames), nlow, nhigh)
+    if out is None:
+        out = (np.empty(shape, np.float32), np.empty(shape, np.float32), np.empty(shape, np.int16))
+    dtypes = (np.float32, np.float32, np.int16)
+    if any(o.shape != shape or o.dtype != d or not o.flags.c_contiguous
+           for o, d in zip(out, dtypes, strict=True)):  # fmt: skip
+        raise ValueError("out: C-contiguous float32, float32, int16 arrays of the frame shape")
+    params = dict(method=method, sigma_low=sigma_low, sigma_high=sigma_high,
+                  maxiters=maxiters, spread=spread, nlow=nlow, nhigh=nhigh)  # fmt: skip
+    kernel = _kernel(len(frames) * frames[0].size)
+    if kernel is None:
+        results = _combine_numpy(*_as_arrays(frames, masks), **params)
+        for o, r in zip(out, results, strict=True):
+            o[...] = r
+    else:
+        _compiled(kernel, frames, masks, params, out=tuple(o.reshape(-1) for o in out))
+    return out
+
+
+# --- the numpy kernel (the reference of the compiled one, and its fallback) ---------
+
+
+def _reject_numpy(
+    stack,
+    mask=None,
+    method="sigma_clip",
+    sigma_low=3.0,
+    sigma_high=3.0,
+    maxiters=5,
+    spread="winsorized",
+    nlow=1,
+    nhigh=1,
+):
+    """:func:`reject` with the numpy kernel."""
     stack = np.asarray(stack, dtype=np.float32)
     n = stack.shape[0]
     _check(method, spread, n, nlow, nhigh)
@@ -442,7 +689,7 @@ def reject(
     return bad
 
 
-def combine_stack(
+def _combine_numpy(
     stack,
     mask=None,
     method="sigma_clip",
@@ -453,35 +700,7 @@ def combine_stack(
     nlow=1,
     nhigh=1,
 ):
-    """Combine frames along axis 0.
-
-    Parameters
-    ----------
-    stack : numpy.ndarray
-        ``(n, ny, nx)`` values, any unit (the result has the same unit). Non-finite
-        values are not used.
-    mask : numpy.ndarray of bool, optional
-        True where a value must not be used. Not modified.
-    method : str
-        One of :data:`METHODS`.
-    sigma_low, sigma_high : float
-        Clipping thresholds in units of the spread (sigma methods).
-    maxiters : int or None
-        Maximum clipping passes (None: until nothing changes).
-    spread : {'winsorized', 'mad_std', 'std'}
-        Spread estimator of the clip (see :data:`SPREADS`).
-    nlow, nhigh : int
-        Values dropped per pixel by ``minmax``.
-
-    Returns
-    -------
-    data : numpy.ndarray
-        ``(ny, nx)`` float32 combined image; 0 where no value survived.
-    uncertainty : numpy.ndarray
-        float32 standard error of ``data``.
-    nused : numpy.ndarray
-        int16 number of values used per pixel (0 marks no data).
-    """
+    """:func:`combine_stack` with the numpy kernel (``stack`` an array)."""
     stack = np.asarray(stack, dtype=np.float32)
     n = stack.shape[0]
     _check(method, spread, n, nlow, nhigh)
@@ -493,7 +712,7 @@ def combine_stack(
     nused = np.empty(npix, np.int16)
     median = method in ("median", "sigma_clip_median")
     factor = np.float32(np.sqrt(np.pi / 2) if median else 1.0)
-    c4 = _c4(np.arange(n + 1)).astype(np.float32)
+    c4 = _c4_table(n)
 
     def stats(block, lo, m, dense):
         return _stats(block, lo, m, dense, median)

@@ -168,15 +168,15 @@ def test_sorting_network_sorts_any_frame_count():
 @pytest.mark.parametrize("method", ["sigma_clip", "sigma_clip_median", "minmax"])
 @pytest.mark.parametrize("spread", ["winsorized", "mad_std", "std"])
 def test_dense_and_masked_paths_agree_bit_for_bit(monkeypatch, method, spread):
-    # Pixels sharing a survivor range are processed without masks; the result
-    # must not depend on which path a pixel took.
+    # Numpy kernel: pixels sharing a survivor range are processed without masks; the
+    # result must not depend on which path a pixel took.
     stack = _stack(n=9, shape=(60, 80))
     rng = np.random.default_rng(4)
     stack[rng.random(stack.shape) < 0.03] += 100
     bad = rng.random(stack.shape) < 0.05
-    fast = combine_stack(stack, bad, method=method, spread=spread)
+    fast = combine._combine_numpy(stack, bad, method=method, spread=spread)
     monkeypatch.setattr(combine, "_DENSE_MIN", 10**9)
-    masked = combine_stack(stack, bad, method=method, spread=spread)
+    masked = combine._combine_numpy(stack, bad, method=method, spread=spread)
     for a, b in zip(fast, masked, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -195,3 +195,160 @@ def test_minmax_reject_drops_by_rank_among_ties():
     stack = np.array([5, 5, 5, 7, 9], np.float32).reshape(5, 1, 1)
     bad = reject(stack, method="minmax", nlow=1, nhigh=1)
     assert bad[:, 0, 0].tolist() == [True, False, False, False, True]
+
+
+# --- the compiled kernel against the numpy kernel (its reference) ------------------
+
+
+def _hard_stack(n, kind, seed):
+    """Noise with cosmic rays, low outliers, masked, NaN and inf values, a pixel with
+    no good value and one with a single one."""
+    rng = np.random.default_rng(seed)
+    shape = (n, 37, 71)  # 2627 pixels: two blocks of the compiled kernel, one partial
+    level, sigma = (1.0, 0.003) if kind == "flat" else (1000.0, 4.0)
+    stack = level + sigma * rng.standard_normal(shape)
+    if kind == "adu":  # integers: ties, MADs of 0
+        stack = np.round(stack)
+    stack = stack.astype(np.float32)
+    stack[rng.random(shape) < 0.03] += 50 * sigma  # cosmic rays
+    stack[rng.random(shape) < 0.01] -= 20 * sigma
+    stack[rng.random(shape) < 0.005] = np.nan
+    stack[0, 2, 2] = np.inf
+    bad = rng.random(shape) < 0.05
+    bad[:, 0, :3] = True  # no good value
+    bad[1:, 1, :3] = True  # one
+    return stack, bad
+
+
+_CASES = [
+    (method, spread, maxiters)
+    for method in ("sigma_clip", "sigma_clip_median")
+    for spread in combine.SPREADS
+    for maxiters in (5, 1, None)
+] + [(method, "winsorized", 5) for method in ("median", "mean", "minmax")]
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """Force the compiled kernel even for the small stacks of these tests."""
+    pytest.importorskip("numba")
+    monkeypatch.setenv("CCDFLOW_COMBINE_KERNEL", "numba")
+
+
+def test_compiled_kernel_only_for_large_combines(monkeypatch):
+    # loading numba costs ~0.4 s a process: small combines stay on numpy until it is loaded
+    monkeypatch.delenv("CCDFLOW_COMBINE_KERNEL", raising=False)
+    pytest.importorskip("numba")
+    combine._load_kernel.cache_clear()
+    try:
+        assert combine._kernel(40 * 64 * 64) is None
+        assert combine._kernel(combine._COMPILED_MIN_VALUES) is not None
+        assert combine._kernel(1) is not None  # loaded now: used for everything
+    finally:
+        combine._load_kernel.cache_clear()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 10, 25, 33, 50])
+@pytest.mark.parametrize("kind", ["adu", "flat"])
+def test_compiled_kernel_is_the_numpy_kernel_bit_for_bit(n, kind, compiled):
+    assert combine._kernel(1) is not None
+    stack, bad = _hard_stack(n, kind, seed=n)
+    before = stack.copy(), bad.copy()
+    for method, spread, maxiters in _CASES:
+        if method == "minmax" and n < 3:
+            continue
+        args = dict(method=method, spread=spread, maxiters=maxiters)
+        for mask in (bad, None):
+            got = combine_stack(stack, mask, **args)
+            ref = combine._combine_numpy(stack, mask, **args)
+            for a, b in zip(got, ref, strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"{args}")
+            np.testing.assert_array_equal(
+                reject(stack, mask, **args), combine._reject_numpy(stack, mask, **args)
+            )
+    np.testing.assert_array_equal(stack, before[0])  # inputs never mutated
+    np.testing.assert_array_equal(bad, before[1])
+
+
+def test_compiled_kernel_takes_frames_and_writes_into_out(compiled):
+    stack, bad = _hard_stack(7, "adu", seed=3)
+    frames = list(stack)  # per-frame arrays, as make_master passes them
+    masks = [m if i % 2 else None for i, m in enumerate(bad)]
+    out = (
+        np.empty((37, 71), np.float32),
+        np.empty((37, 71), np.float32),
+        np.empty((37, 71), np.int16),
+    )
+    got = combine_stack(frames, masks, out=out)
+    assert all(g is o for g, o in zip(got, out, strict=True))
+    full = np.stack([m if m is not None else np.zeros((37, 71), bool) for m in masks])
+    for a, b in zip(out, combine._combine_numpy(stack, full), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a cosmic ray on known data: rejected, the rest averaged
+    flat = np.full((5, 1, 3), 100.0, np.float32) + np.arange(5, dtype=np.float32)[:, None, None]
+    flat[2, 0, 1] = 5000.0
+    data, _, nused = combine_stack(flat)
+    assert nused[0].tolist() == [5, 4, 5]
+    assert data[0].tolist() == pytest.approx([102.0, (100 + 101 + 103 + 104) / 4, 102.0])
+
+
+def test_numpy_kernel_on_request(monkeypatch):
+    monkeypatch.setenv("CCDFLOW_COMBINE_KERNEL", "numpy")
+    assert combine._kernel() is None
+    stack, bad = _hard_stack(6, "flat", seed=5)
+    for a, b in zip(combine_stack(stack, bad), combine._combine_numpy(stack, bad), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_kernel_threads_follow_omp_num_threads(monkeypatch, compiled):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    combine._threads.cache_clear()
+    try:
+        assert combine._threads() == 1
+        stack, bad = _hard_stack(5, "adu", seed=6)
+        for a, b in zip(
+            combine_stack(stack, bad), combine._combine_numpy(stack, bad), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        combine._threads.cache_clear()
+
+
+def test_c4_without_scipy_is_scipys():
+    special = pytest.importorskip("scipy.special")
+    n = np.maximum(np.arange(1001, dtype=np.float64), 2)
+    ref = np.exp(0.5 * np.log(2 / (n - 1)) + special.gammaln(n / 2) - special.gammaln((n - 1) / 2))
+    np.testing.assert_array_equal(combine._c4_table(1000), ref.astype(np.float32))
+    # the bias it corrects: E[s] of 3 Gaussian values = sqrt(pi)/2 sigma
+    assert combine._c4(3) == pytest.approx(np.sqrt(np.pi) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("case", ["odd", "even", "float", "nan"])
+def test_read_noise_is_astropys_mad_std(case):
+    from astropy.stats import mad_std
+
+    from ccdflow.calibrate import read_noise_adu
+
+    rng = np.random.default_rng(7)
+    a = np.round(1000 + 5 * rng.standard_normal(20001)).astype(np.float32)
+    b = np.round(1000 + 5 * rng.standard_normal(20001)).astype(np.float32)
+    a[rng.random(a.size) < 0.01] += 3000  # cosmic rays
+    if case == "even":  # differences <= 0 and >= 1, half each: median 0.5, MAD between two
+        a, b = a[:-1], b[:-1]
+        step = np.abs(np.round(3 * rng.standard_normal(a.size))).astype(np.float32)
+        half = a.size // 2
+        a[:half] = b[:half] - step[:half]
+        a[half:] = b[half:] + 1 + step[half:]
+        assert np.median(a.astype(np.float64) - b) == 0.5
+    elif case == "float":  # not integers: no histogram
+        a = a + rng.random(a.size).astype(np.float32)
+    elif case == "nan":
+        a[5] = np.nan
+    expected = float(mad_std(np.asarray(a, np.float64) - b) / np.sqrt(2))
+    got = read_noise_adu(a, b)
+    if case == "nan":
+        assert np.isnan(got) and np.isnan(expected)
+        return
+    assert got == expected
+    if case != "even":
+        assert got == pytest.approx(5.0, rel=0.05)  # the truth: 5 ADU per frame
