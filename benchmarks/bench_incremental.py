@@ -173,7 +173,7 @@ def main(argv=None):
 
     out = {
         "n_raw_frames": n_raw,
-        "n_lights": n_raw and len([p for p in raw.iterdir() if p.name.startswith("light")]) + 1,
+        "n_lights": len([p for p in raw.iterdir() if p.name.startswith("light")]) + 1,
         "full_run_s": full_s,
         "incremental_s": summary("incremental_s"),
         "baseline_s": summary("baseline_s"),

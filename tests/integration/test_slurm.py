@@ -101,9 +101,10 @@ def test_per_frame_chains_are_bundled_into_few_slurm_jobs(slurm_run):
     log = slurm_run["log"]
     groups = re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/group_frames_", log)
     singles = re.findall(r"slurm_logs/rule_(calibrate_frame|clean_cosmics|align_frame)/", log)
-    assert len(groups) >= 1
     assert not singles
-    assert len(re.findall(r"submitted with SLURM jobid", log)) < 38 - 24 + 5
+    # the chains of a stack group are connected (through its reference frame): at most
+    # one group job per stack group, and group-components 50 lets them share one
+    assert 1 <= len(groups) <= 4
 
 
 def test_slurm_results_equal_a_local_run(slurm_run, tmp_path):
