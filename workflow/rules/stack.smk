@@ -29,6 +29,8 @@ rule stack_raw_group:
         stack="results/stacks/raw/{group}.fits",
     log:
         "logs/stack_raw_group/{group}.log",
+    benchmark:
+        "benchmarks/stack_raw_group/{group}.tsv"
     conda:
         "../../envs/ccdflow.yaml"
     resources:
