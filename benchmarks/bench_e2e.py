@@ -15,6 +15,9 @@ REPEATS rounds. Each round runs, in this order and each from a clean output fold
   ccdflow_full  the default ccdflow run: everything above plus L.A.Cosmic cleaning, raw
                 stacks, previews and the QC table (cosmic-ray cleaning is timed separately
                 here, from the per-job times of the Snakemake log)
+  ccdflow_floor (--floor) the ccdflow run on the same night at 96x128 px (WORKDIR/
+                night_floor): the same 38 jobs, processes and imports with negligible
+                arithmetic, i.e. what the workflow costs before any pixel work
 
 Measured per run: wall time, CPU time (user + system of the whole process tree, from
 os.wait4), the peak RSS of the largest single process (ru_maxrss), and the peak RSS summed
@@ -45,7 +48,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PYTHON = sys.executable
-TOOLS = ("ccdflow", "siril", "ccdproc", "ccdflow_full")
+TOOLS = ("ccdflow", "siril", "ccdproc", "ccdflow_full", "ccdflow_floor")
+#: Frame size of the floor night: the benchmark night's frames, arithmetic negligible.
+FLOOR_SIZE = (96, 128)
 SIRIL_DIRS = {
     "biases": "bias_*.fits",
     "darks": "dark_*.fits",
@@ -61,17 +66,19 @@ def log(msg):
 
 
 # ----------------------------------------------------------------------------- set-up
-def make_night(workdir):
-    night = workdir / "night"
+def make_night(workdir, name="night", size=None):
+    """The benchmark night (or, with ``size``, the same frames at another size) in workdir."""
+    night = workdir / name
     if (night / "raw").is_dir() and (night / "truth" / "truth.json").exists():
         log(f"reusing night in {night}")
         return night
     log(f"generating the benchmark night in {night}")
     shutil.rmtree(night, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=str(REPO / "scripts"))
-    subprocess.run(
-        [PYTHON, "-m", "ccdflow.demo", str(night), "--preset", "benchmark"], check=True, env=env
-    )
+    cmd = [PYTHON, "-m", "ccdflow.demo", str(night), "--preset", "benchmark"]
+    if size:
+        cmd += ["--size", *map(str, size)]
+    subprocess.run(cmd, check=True, env=env)
     return night
 
 
@@ -201,8 +208,8 @@ def code_fingerprint():
 
 
 # ----------------------------------------------------------------------------- the runs
-def run_ccdflow(workdir, raw, cores, full):
-    run = workdir / ("ccdflow_full" if full else "ccdflow")
+def run_ccdflow(workdir, raw, cores, full, name=None):
+    run = workdir / (name or ("ccdflow_full" if full else "ccdflow"))
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     cmd = [
@@ -309,6 +316,7 @@ def summarise(runs):
         ratios[f"ccdproc/ccdflow {key}"] = ratio("ccdproc", "ccdflow", key)
         ratios[f"ccdflow_full/siril {key}"] = ratio("ccdflow_full", "siril", key)
         ratios[f"ccdproc/siril {key}"] = ratio("ccdproc", "siril", key)
+        ratios[f"ccdflow_floor/siril {key}"] = ratio("ccdflow_floor", "siril", key)
     return summary, ratios
 
 
@@ -356,6 +364,11 @@ def main(argv=None):
         "--skip-full", action="store_true", help="no default (cosmics, previews) ccdflow run"
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run ccdflow_floor: the ccdflow run on the same frames at 96x128 px",
+    )
+    parser.add_argument(
         "--full-repeats",
         type=int,
         help="run ccdflow_full only in the first N rounds (default: every round)",
@@ -390,6 +403,9 @@ def main(argv=None):
         tools.append("ccdproc")
     if not args.skip_full:
         tools.append("ccdflow_full")
+    if args.floor:
+        tools.append("ccdflow_floor")
+        floor_raw = make_night(workdir, "night_floor", size=FLOOR_SIZE) / "raw"
 
     runs = []
     for i in range(args.repeats):
@@ -401,6 +417,8 @@ def main(argv=None):
                 rec = run_ccdflow(workdir, raw, args.cores, full=False)
             elif tool == "ccdflow_full":
                 rec = run_ccdflow(workdir, raw, args.cores, full=True)
+            elif tool == "ccdflow_floor":
+                rec = run_ccdflow(workdir, floor_raw, args.cores, full=False, name=tool)
             elif tool == "siril":
                 rec = run_siril(workdir, args.siril_script.resolve())
             else:
@@ -415,6 +433,8 @@ def main(argv=None):
 
     quality = {}
     for tool in tools:
+        if tool == "ccdflow_floor":
+            continue  # 96x128 stacks: nothing to measure
         last = [r for r in runs if r["tool"] == tool and r["returncode"] == 0]
         if last:
             quality[tool] = {Path(p).name: stack_quality(p, args.gain) for p in last[-1]["stacks"]}
