@@ -6,7 +6,8 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import REPO
+from ccdflow import demo
+from conftest import REPO, snakemake
 
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
 CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
@@ -66,3 +67,17 @@ def test_rules_are_verb_object_and_have_their_script():
 def test_library_never_imports_snakemake():
     for path in (REPO / "scripts/ccdflow").glob("*.py"):
         assert not re.search(r"^\s*(from|import) snakemake", path.read_text(), re.M), path
+
+
+def test_the_default_profile_is_loaded(tmp_path):
+    """Snakemake finds workflow/profiles/default through the top-level ``profiles`` link;
+    without it the profile's settings (keep-going, scheduling) silently never apply."""
+    assert (REPO / "profiles/default/config.yaml").resolve() == (
+        REPO / "workflow/profiles/default/config.yaml"
+    ).resolve()
+    night = demo.make_night(tmp_path / "night", preset="test", seed=1)
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake(work, "-n", config={"raw_dir": night["raw_dir"]})
+    log = proc.stdout + proc.stderr
+    assert re.search(r"Using workflow specific profile \S*profiles/default\b", log), log[:2000]
