@@ -10,9 +10,7 @@ configfile: f"{workflow.basedir}/config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/masters.smk"
-include: "workflow/rules/calibrate.smk"
-include: "workflow/rules/cosmics.smk"
-include: "workflow/rules/align.smk"
+include: "workflow/rules/frames.smk"
 include: "workflow/rules/stack.smk"
 
 

@@ -3,9 +3,4 @@
 from ccdflow.tasks import qc_table, setup_logging
 
 setup_logging(snakemake.log[0])
-qc_table(
-    snakemake.input.aligned,
-    snakemake.params.frames,
-    snakemake.params.groups,
-    snakemake.output.table,
-)
+qc_table(snakemake.input.records, snakemake.input.selections, snakemake.output.table)

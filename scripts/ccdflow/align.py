@@ -83,7 +83,7 @@ rows could go to several cores, but the workflow already runs one job per core a
 would not lower the CPU time a job costs.
 """
 
-__all__ = ["REASONS", "AlignResult", "find_transform", "resample"]
+__all__ = ["REASONS", "AlignResult", "find_transform", "match", "resample", "star_list"]
 
 import dataclasses
 import math
@@ -334,15 +334,169 @@ def _describe(matrix, shape):
     return scale, rotation, (float(dx), float(dy))
 
 
-def _coincident_spikes(src, ref, max_sharpness, radius=0.5):
-    """Number of point-like sources found at the same position in both frames."""
-    a = _windowed(src, np.flatnonzero(src["sharp"] >= max_sharpness))
-    b = _windowed(ref, np.flatnonzero(ref["sharp"] >= max_sharpness))
-    return int(np.count_nonzero(_nearest(a, b, radius)[0] >= 0))
-
-
 # --------------------------------------------------------------------------------------
 # Public API
+
+
+def star_list(
+    image,
+    mask=None,
+    *,
+    detection_sigma=5.0,
+    min_area=5,
+    max_control_points=50,
+    max_sharpness=0.7,
+):
+    """The stars of one frame that `match` needs, as plain JSON-friendly values.
+
+    This is what a frame's record carries, so that the frames of a group align onto their
+    reference without reading its image.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image (any unit, e.g. e-), preferably cleaned of cosmic rays. Not modified.
+    mask : numpy.ndarray, optional
+        Data-quality plane (`ccdflow.bits`); pixels with any bit set make no sources.
+    detection_sigma, min_area, max_control_points, max_sharpness
+        As for `find_transform`.
+
+    Returns
+    -------
+    dict
+        ``shape`` ``[ny, nx]``; ``stars``: windowed centroids ``[x, y]`` (px) of the
+        brightest ``4 * max_control_points`` star-like sources, brightest first (empty when
+        fewer than 3); ``flux``: their isophotal fluxes (image units); ``spikes``: windowed
+        positions of the point-like sources (hot pixels); ``n_detected``, ``n_starlike``;
+        ``error``: ``''`` or why source extraction failed.
+    """
+    image = np.asarray(image)
+    out = {
+        "shape": [int(s) for s in image.shape],
+        "stars": [],
+        "flux": [],
+        "spikes": [],
+        "n_detected": 0,
+        "n_starlike": 0,
+        "error": "",
+    }
+    if image.ndim != 2 or min(image.shape) < _MIN_SIZE:
+        out["error"] = f"bad_input: image shape {image.shape}"
+        return out
+    if mask is not None and np.shape(mask) != image.shape:
+        raise ValueError(f"mask has shape {np.shape(mask)}, image {image.shape}")
+    try:
+        cat = _sources(image, mask, detection_sigma, min_area, max_sharpness)
+        keep = np.flatnonzero(cat["sharp"] < max_sharpness)
+        n_fit = 4 * int(max_control_points)
+        if len(keep) >= 3:
+            out["stars"] = _windowed(cat, keep[:n_fit]).tolist()
+            out["flux"] = cat["flux"][keep[:n_fit]].tolist()
+        out["spikes"] = _windowed(cat, np.flatnonzero(cat["sharp"] >= max_sharpness)).tolist()
+    except Exception as exc:  # sep raises plain Exception for its buffer overflows
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        return out
+    out["n_detected"], out["n_starlike"] = int(cat["n"]), int(len(keep))
+    return out
+
+
+def _points(values):
+    return np.asarray(values, dtype=np.float64).reshape(-1, 2)
+
+
+def match(
+    source,
+    reference,
+    *,
+    detection_sigma=5.0,
+    max_control_points=50,
+    min_matches=6,
+    max_scale_error=0.02,
+    max_residual=0.5,
+):
+    """Similarity transform mapping a source frame onto its reference, from star lists.
+
+    Parameters
+    ----------
+    source, reference : dict
+        `star_list` of each frame (with the same ``max_control_points``).
+    detection_sigma : float
+        Only quoted in the explanation of ``no_stars``.
+    max_control_points, min_matches, max_scale_error, max_residual
+        As for `find_transform`.
+
+    Returns
+    -------
+    AlignResult
+        As `find_transform`.
+    """
+    n_ctrl = int(max_control_points)
+    n_fit = 4 * n_ctrl
+    for name, cat in (("source", source), ("reference", reference)):
+        if cat["error"]:
+            reason = "bad_input" if cat["error"].startswith("bad_input") else "detection_failed"
+            return AlignResult(False, reason, f"{name}: {cat['error']}")
+
+    def failed(reason, detail, **fit):
+        # Stars present but not matching, while spikes coincide: the frames share nothing
+        # but the detector's fixed pattern. (A frame without stars stays ``no_stars``.)
+        a, b = _points(source["spikes"]), _points(reference["spikes"])
+        n_spikes = int(np.count_nonzero(_nearest(a, b, 0.5)[0] >= 0))
+        if n_spikes >= min(3, min_matches):
+            note = f"{n_spikes} point-like sources (hot pixels?) at identical positions"
+            if reason in ("no_match", "few_matches"):
+                detail = f"{note} in both frames were not used; without them: {reason} ({detail})"
+                reason = "hot_pixels_only"
+            else:
+                detail = f"{detail}; {note} ignored"
+        return AlignResult(False, reason, detail, **fit)
+
+    for name, cat in (("source", source), ("reference", reference)):
+        if len(cat["stars"]) < 3:
+            detail = (
+                f"{cat['n_starlike']} star-like sources in the {name} frame "
+                f"({cat['n_detected']} detected above {detection_sigma:g} sigma, "
+                f"{cat['n_detected'] - cat['n_starlike']} point-like)"
+            )
+            return failed("no_stars", detail)
+    src, ref = _points(source["stars"])[:n_fit], _points(reference["stars"])[:n_fit]
+
+    import astroalign
+
+    try:
+        with warnings.catch_warnings():
+            # Degenerate asterisms make scikit-image/numpy warn inside astroalign's RANSAC.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            first, _ = astroalign.find_transform(
+                src[:n_ctrl], ref[:n_ctrl], max_control_points=n_ctrl
+            )
+        matrix = np.asarray(first.params, dtype=np.float64)
+    except (astroalign.MaxIterError, ValueError, TypeError, IndexError) as exc:
+        return failed("no_match", f"astroalign: {type(exc).__name__}: {exc}")
+    if not np.all(np.isfinite(matrix)):
+        return failed("no_match", "astroalign returned a non-finite transform")
+
+    matrix, n_pairs, rms = _refine(matrix, src, ref)
+    scale, rotation, shift = _describe(matrix, tuple(source["shape"]))
+    fit = dict(
+        matrix=matrix,
+        n_matches=n_pairs,
+        rms_residual=rms,
+        scale=scale,
+        rotation_deg=rotation,
+        shift=shift,
+    )
+    summary = (
+        f"{n_pairs} pairs, rms {rms:.3f} px, scale {scale:.5f}, rotation {rotation:.4f} deg, "
+        f"shift ({shift[0]:.2f}, {shift[1]:.2f}) px"
+    )
+    if n_pairs < min_matches:
+        return failed("few_matches", f"{summary}; fewer than {min_matches} pairs", **fit)
+    if not abs(scale - 1.0) <= max_scale_error:
+        return failed("bad_scale", f"{summary}; |scale - 1| > {max_scale_error:g}", **fit)
+    if not rms <= max_residual:
+        return failed("large_residual", f"{summary}; rms > {max_residual:g} px", **fit)
+    return AlignResult(True, "", summary, **fit)
 
 
 def find_transform(
@@ -360,6 +514,8 @@ def find_transform(
     max_sharpness=0.7,
 ):
     """Similarity transform mapping ``source`` pixels onto ``reference`` pixels, validated.
+
+    `star_list` of each image, then `match`.
 
     Parameters
     ----------
@@ -404,82 +560,21 @@ def find_transform(
     ):
         if mask is not None and np.shape(mask) != image.shape:
             raise ValueError(f"{name}_mask has shape {np.shape(mask)}, image {image.shape}")
-    n_ctrl = int(max_control_points)
-    n_fit = 4 * n_ctrl  # star-like sources per frame given to the refinement
-    try:
-        src = _sources(source, source_mask, detection_sigma, min_area, max_sharpness)
-        ref = _sources(reference, reference_mask, detection_sigma, min_area, max_sharpness)
-        keep = {
-            name: np.flatnonzero(cat["sharp"] < max_sharpness)
-            for name, cat in (("source", src), ("reference", ref))
-        }
-        # Windowed centroids of the star-like sources a fit can use (the only ones needed).
-        stars = {
-            name: _windowed(cat, keep[name][:n_fit])
-            for name, cat in (("source", src), ("reference", ref))
-            if len(keep[name]) >= 3
-        }
-    except Exception as exc:  # sep raises plain Exception for its buffer overflows
-        return AlignResult(False, "detection_failed", f"{type(exc).__name__}: {exc}")
-
-    def failed(reason, detail, **fit):
-        # Stars present but not matching, while spikes coincide: the frames share nothing
-        # but the detector's fixed pattern. (A frame without stars stays ``no_stars``.)
-        n_spikes = _coincident_spikes(src, ref, max_sharpness)
-        if n_spikes >= min(3, min_matches):
-            note = f"{n_spikes} point-like sources (hot pixels?) at identical positions"
-            if reason in ("no_match", "few_matches"):
-                detail = f"{note} in both frames were not used; without them: {reason} ({detail})"
-                reason = "hot_pixels_only"
-            else:
-                detail = f"{detail}; {note} ignored"
-        return AlignResult(False, reason, detail, **fit)
-
-    for name, cat in (("source", src), ("reference", ref)):
-        if name not in stars:
-            detail = (
-                f"{len(keep[name])} star-like sources in the {name} frame "
-                f"({cat['n']} detected above {detection_sigma:g} sigma, "
-                f"{cat['n'] - len(keep[name])} point-like)"
-            )
-            return failed("no_stars", detail)
-
-    import astroalign
-
-    try:
-        with warnings.catch_warnings():
-            # Degenerate asterisms make scikit-image/numpy warn inside astroalign's RANSAC.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            first, _ = astroalign.find_transform(
-                stars["source"][:n_ctrl], stars["reference"][:n_ctrl], max_control_points=n_ctrl
-            )
-        matrix = np.asarray(first.params, dtype=np.float64)
-    except (astroalign.MaxIterError, ValueError, TypeError, IndexError) as exc:
-        return failed("no_match", f"astroalign: {type(exc).__name__}: {exc}")
-    if not np.all(np.isfinite(matrix)):
-        return failed("no_match", "astroalign returned a non-finite transform")
-
-    matrix, n_pairs, rms = _refine(matrix, stars["source"][:n_fit], stars["reference"][:n_fit])
-    scale, rotation, shift = _describe(matrix, source.shape)
-    fit = dict(
-        matrix=matrix,
-        n_matches=n_pairs,
-        rms_residual=rms,
-        scale=scale,
-        rotation_deg=rotation,
-        shift=shift,
+    detect = dict(
+        detection_sigma=detection_sigma,
+        min_area=min_area,
+        max_control_points=max_control_points,
+        max_sharpness=max_sharpness,
     )
-    summary = (
-        f"{n_pairs} pairs, rms {rms:.3f} px, scale {scale:.5f}, rotation {rotation:.4f} deg, "
-        f"shift ({shift[0]:.2f}, {shift[1]:.2f}) px"
+    return match(
+        star_list(source, source_mask, **detect),
+        star_list(reference, reference_mask, **detect),
+        detection_sigma=detection_sigma,
+        max_control_points=max_control_points,
+        min_matches=min_matches,
+        max_scale_error=max_scale_error,
+        max_residual=max_residual,
     )
-    if n_pairs < min_matches:
-        return failed("few_matches", f"{summary}; fewer than {min_matches} pairs", **fit)
-    if not abs(scale - 1.0) <= max_scale_error:
-        return failed("bad_scale", f"{summary}; |scale - 1| > {max_scale_error:g}", **fit)
-    if not rms <= max_residual:
-        return failed("large_residual", f"{summary}; rms > {max_residual:g} px", **fit)
-    return AlignResult(True, "", summary, **fit)
 
 
 def resample(data, uncertainty, mask, matrix, shape):

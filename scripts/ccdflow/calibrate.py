@@ -349,26 +349,37 @@ def _record_overscan(header, overscan, readers):
     provenance.add_step(header, "TRIMSEC", f"[{tx.start + 1}:{tx.stop},{ty.start + 1}:{ty.stop}]")
 
 
-def prepare_raw(data, mask, header, overscan, path="", saturation=None):
+def prepare_raw(raw, overscan, saturation=None, path=""):
     """Flag saturation on the raw values, then subtract the overscan and trim.
+
+    Parameters
+    ----------
+    raw : ccdflow.frame.Frame
+        Raw frame (ADU); not modified.
+    overscan : dict or None
+        The ``overscan`` configuration when it is enabled, else None.
+    saturation : float, optional
+        Raw values at or above it (ADU) get ``bits.SATURATED``.
+    path : str
+        The raw file, named in errors.
 
     Returns
     -------
-    data, mask, header
-        Overscan-subtracted, trimmed data (float32), its mask (with ``SATURATED``) and
-        a header copy recording the overscan step; unchanged data when ``overscan`` is
-        falsy (saturation is still flagged).
+    ccdflow.frame.Frame
+        Overscan-subtracted, trimmed data (float32), its mask (with ``SATURATED``) and a
+        header copy recording the step; the same data when ``overscan`` is falsy.
     """
     from ccdflow.sections import signal_in_overscan, subtract_overscan
 
-    mask = mask.copy()
-    header = header.copy()
+    mask = raw.mask.copy()
+    header = raw.header.copy()
+    data = raw.data
     if saturation is not None:
         sat = data >= saturation
         mask[sat] |= bits.SATURATED
         provenance.add_step(header, "NSATUR", int(sat.sum()))
     if not overscan:
-        return data, mask, header
+        return raw.replace(mask=mask, header=header)
     biassec, trimsec = resolve_sections(header, data.shape, overscan, path)
     lit, detail = signal_in_overscan(data, biassec)
     if lit:
@@ -383,7 +394,7 @@ def prepare_raw(data, mask, header, overscan, path="", saturation=None):
     method = overscan.get("method", "median")
     provenance.add_step(header, "OVSCCORR", f"{method}, mean level {float(levels.mean()):.2f}")
     provenance.add_step(header, "TRIMSEC", f"[{tx.start + 1}:{tx.stop},{ty.start + 1}:{ty.stop}]")
-    return out, np.ascontiguousarray(mask[trimsec]), header
+    return raw.replace(data=out, mask=np.ascontiguousarray(mask[trimsec]), header=header)
 
 
 def _subtract(raw, bias, dark, scale, y0, y1, out=None):
@@ -432,8 +443,6 @@ def _normalise_flat(data, unc, mask, nused, floor, header):
 
 def calibrate_frame(
     raw,
-    raw_mask,
-    header,
     bias=None,
     dark=None,
     dark_scale=1.0,
@@ -446,12 +455,9 @@ def calibrate_frame(
 
     Parameters
     ----------
-    raw : numpy.ndarray
-        Raw frame (ADU), float32; not modified.
-    raw_mask : numpy.ndarray
-        Mask bits of the raw frame (``bits.BAD`` for non-finite pixels); not modified.
-    header : astropy.io.fits.Header
-        Raw header; a copy is returned with provenance added.
+    raw : ccdflow.frame.Frame
+        Raw frame (ADU; overscan-subtracted and trimmed where the camera has one), its
+        mask (``bits.BAD`` for non-finite pixels) and header. Not modified.
     bias, dark, flat : Master, optional
         Masters; a missing one is recorded as a skipped step.
     dark_scale : float
@@ -465,22 +471,22 @@ def calibrate_frame(
 
     Returns
     -------
-    data, uncertainty, mask, header, unit
-        float32 calibrated data and standard deviation, mask bits, new header, and
-        ``'electron'`` or ``'adu'``.
+    ccdflow.frame.Frame
+        float32 calibrated data and standard deviation, mask bits, a new header with the
+        provenance, unit ``'electron'`` or ``'adu'``.
     """
     g = 1.0 if gain is None else float(gain)
     rn = 0.0 if read_noise is None else float(read_noise)
-    header = header.copy()
+    header = raw.header.copy()
     for key in ("BZERO", "BSCALE", "BLANK"):
         header.remove(key, ignore_missing=True)
-    mask = raw_mask.copy()
+    mask = raw.mask.copy()
     if saturation is not None:
-        sat = raw >= saturation
+        sat = raw.data >= saturation
         mask[sat] |= bits.SATURATED
         provenance.add_step(header, "NSATUR", int(sat.sum()))
 
-    signal = raw.astype(np.float32, copy=True)
+    signal = raw.data.astype(np.float32, copy=True)
     var_adu = np.zeros(raw.shape, np.float32)
     if bias is not None:
         signal -= bias.data
@@ -511,12 +517,11 @@ def calibrate_frame(
         provenance.add_step(header, "FLATCORR", "skipped: no master flat")
     if gain is not None:
         provenance.add_step(header, "GAINCORR", g)
-    unit = "electron" if gain is not None else "adu"
     provenance.stamp(header, "CALIBRATED")
-    return (
-        data.astype(np.float32),
-        np.sqrt(var).astype(np.float32),
-        mask,
-        header,
-        unit,
+    return raw.replace(
+        data=data.astype(np.float32),
+        uncertainty=np.sqrt(var).astype(np.float32),
+        mask=mask,
+        header=header,
+        unit="electron" if gain is not None else "adu",
     )

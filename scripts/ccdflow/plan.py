@@ -462,6 +462,22 @@ def detector(record, cfg):
     }
 
 
+def detector_sources(record, cfg):
+    """Where each value of :func:`detector` comes from: ``'config'``, ``'header'``,
+    ``'header:DATAMAX'`` / ``'data type'`` (saturation), or ``'none'``."""
+
+    def source(key, field_name):
+        if cfg.get(key) is not None:
+            return "config"
+        return "header" if record.get(field_name) is not None else "none"
+
+    sources = {"gain": source("gain", "gain"), "read_noise": source("read_noise", "rdnoise")}
+    sources["saturation"] = source("saturation", "saturation")
+    if sources["saturation"] == "none" and record.get("datamax") is not None:
+        sources["saturation"] = "header or data type"
+    return sources
+
+
 def choose_references(lights, mode="object"):
     """Alignment reference of every light frame.
 

@@ -1,59 +1,84 @@
 """Quality measures of frames and stacks, and the per-frame QC table.
 
-A frame's fate is carried in its product header (``QCSTATUS`` ok/rejected,
-``QCREASON``, ``QCDETAIL``), so every later step, and ``results/qc/frames.tsv``,
-can read it without a side channel.
+A frame's fate is in its record (``results/records/{frame}.json``, written by the frame
+job) and in its group's selection (``results/selection/{group}.json``);
+``results/qc/frames.tsv`` is built from both.
 """
 
-__all__ = ["QC_COLUMNS", "fwhm", "mark", "qc_row", "sky_level"]
+__all__ = ["QC_COLUMNS", "fwhm", "qc_row", "sky_level"]
 
 import numpy as np
-
-from ccdflow import provenance
 
 #: Columns of results/qc/frames.tsv.
 QC_COLUMNS = (
     "frame",
     "group",
     "status",
+    "step",
     "reason",
     "detail",
+    "unit",
+    "gain",
+    "gain_source",
+    "read_noise",
+    "read_noise_source",
+    "sky",
+    "sky_noise",
+    "cosmic_pixels",
     "cosmic_fraction",
+    "n_stars",
     "reference",
     "n_matches",
     "rms_residual",
     "dx",
     "dy",
     "rotation_deg",
+    "seconds",
 )
 
 
-def mark(header, ok, reason="", detail=""):
-    """Record a frame's QC status in its product header (in place)."""
-    provenance.add_step(header, "QCSTATUS", "ok" if ok else "rejected")
-    if not ok:
-        provenance.add_step(header, "QCREASON", reason)
-        if detail:
-            provenance.add_step(header, "QCDETAIL", detail[:60])
-    return header
+def _round(value, digits=4):
+    return "" if value is None else round(float(value), digits)
 
 
-def qc_row(frame, group, header):
-    """One row of the QC table from an aligned product's header."""
-    get = header.get
+def qc_row(record, exclusion=None):
+    """One row of the QC table from a frame's record and its selection decision.
+
+    ``exclusion``: the selection's entry for the frame when it was left out, else None.
+    """
+    detector = record.get("detector") or {}
+    gain = detector.get("gain") or {}
+    rn = detector.get("read_noise") or {}
+    cosmics = record.get("cosmics") or {}
+    alignment = record.get("alignment") or {}
+    stars = record.get("stars") or {}
+    shift = alignment.get("shift") or ("", "")
+    ok = exclusion is None and record["status"] == "ok"
+    why = exclusion or record
     return {
-        "frame": frame,
-        "group": group,
-        "status": get("QCSTATUS", "ok"),
-        "reason": get("QCREASON", ""),
-        "detail": get("QCDETAIL", ""),
-        "cosmic_fraction": get("CRFRAC", ""),
-        "reference": get("ALIGNREF", ""),
-        "n_matches": get("ALNNMAT", ""),
-        "rms_residual": get("ALNRMS", ""),
-        "dx": get("ALNDX", ""),
-        "dy": get("ALNDY", ""),
-        "rotation_deg": get("ALNROT", ""),
+        "frame": record["frame"],
+        "group": record["group"],
+        "status": "ok" if ok else "rejected",
+        "step": "" if ok else why.get("step", why.get("failed_step", "")),
+        "reason": "" if ok else why.get("reason", ""),
+        "detail": "" if ok else why.get("detail", ""),
+        "unit": record.get("unit") or "",
+        "gain": _round(gain.get("value")),
+        "gain_source": gain.get("source", ""),
+        "read_noise": _round(rn.get("value")),
+        "read_noise_source": rn.get("source", ""),
+        "sky": _round((record.get("sky") or {}).get("value"), 2),
+        "sky_noise": _round((record.get("sky_noise") or {}).get("value"), 3),
+        "cosmic_pixels": cosmics.get("n_flagged", ""),
+        "cosmic_fraction": _round(cosmics.get("fraction"), 6),
+        "n_stars": stars.get("n_starlike", ""),
+        "reference": record.get("reference", ""),
+        "n_matches": alignment.get("n_matches", ""),
+        "rms_residual": _round(alignment.get("rms_residual")),
+        "dx": _round(shift[0], 3) if shift[0] != "" else "",
+        "dy": _round(shift[1], 3) if shift[1] != "" else "",
+        "rotation_deg": _round(alignment.get("rotation_deg"), 5),
+        "seconds": _round((record.get("seconds") or {}).get("total"), 2),
     }
 
 

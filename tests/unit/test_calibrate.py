@@ -6,6 +6,7 @@ from astropy.io import fits
 
 from ccdflow import bits
 from ccdflow.calibrate import Master, calibrate_frame, central_region
+from ccdflow.frame import Frame
 
 
 def _master(data, unc=0.0, name="m.fits", exptime=0.0):
@@ -40,12 +41,14 @@ def frame():
     }
 
 
+def _raw(frame):
+    return Frame(frame["raw"], None, frame["mask"], frame["header"], "adu")
+
+
 def test_equals_numpy_reference(frame):
     gain = 1.7
-    data, _, _, _, unit = calibrate_frame(
-        frame["raw"],
-        frame["mask"],
-        frame["header"],
+    out = calibrate_frame(
+        _raw(frame),
         bias=frame["bias"],
         dark=frame["dark"],
         dark_scale=200 / 300,
@@ -55,9 +58,9 @@ def test_equals_numpy_reference(frame):
     )
     raw = frame["raw"].astype(np.float64)
     ref = (raw - frame["bias"].data - frame["dark"].data * 200 / 300) * gain / frame["flat"].data
-    np.testing.assert_allclose(data, ref, rtol=2e-6, atol=1e-4)
-    assert unit == "electron"
-    assert data.dtype == np.float32
+    np.testing.assert_allclose(out.data, ref, rtol=2e-6, atol=1e-4)
+    assert out.unit == "electron"
+    assert out.data.dtype == np.float32
 
 
 def test_inputs_are_never_mutated(frame):
@@ -65,9 +68,7 @@ def test_inputs_are_never_mutated(frame):
     masters = {k: frame[k].data.copy() for k in ("bias", "dark", "flat")}
     header = frame["header"].copy()
     calibrate_frame(
-        frame["raw"],
-        frame["mask"],
-        frame["header"],
+        _raw(frame),
         bias=frame["bias"],
         dark=frame["dark"],
         dark_scale=0.5,
@@ -84,29 +85,26 @@ def test_inputs_are_never_mutated(frame):
 
 def test_uncertainty_from_read_noise_and_poisson(frame):
     gain, rn = 2.0, 6.0
-    _, unc, _, _, _ = calibrate_frame(
-        frame["raw"],
-        frame["mask"],
-        frame["header"],
+    unc = calibrate_frame(
+        _raw(frame),
         bias=_master(frame["bias"].data),  # noiseless masters: only frame noise
         flat=_master(np.ones_like(frame["raw"])),
         gain=gain,
         read_noise=rn,
-    )
+    ).uncertainty
     electrons = (frame["raw"] - frame["bias"].data) * gain
     np.testing.assert_allclose(unc, np.sqrt(rn**2 + electrons), rtol=1e-5)
 
 
 def test_mask_bits_and_provenance(frame):
     frame["flat"].mask[1, 1] = bits.FLAT_LOW
-    _, _, mask, header, _ = calibrate_frame(
-        frame["raw"],
-        frame["mask"],
-        frame["header"],
+    out = calibrate_frame(
+        _raw(frame),
         bias=frame["bias"],
         flat=frame["flat"],
         saturation=65000,
     )
+    mask, header = out.mask, out.header
     assert mask[5, 6] & bits.SATURATED
     assert mask[1, 1] & bits.FLAT_LOW
     assert (mask != 0).sum() == 2

@@ -5,6 +5,7 @@ import pytest
 
 from ccdflow import bits, demo
 from ccdflow.calibrate import make_master, prepare_raw
+from ccdflow.frame import Frame
 from ccdflow.io import read_frame
 from ccdflow.sections import SectionError
 
@@ -39,12 +40,17 @@ def test_bias_after_overscan_recovers_the_residual_pattern(night):
     assert master.header["TRIMSEC"] == "[1:128,1:96]"
 
 
+def _prepare(data, mask, header, overscan, path, saturation=None):
+    out = prepare_raw(Frame(data, None, mask, header, "adu"), overscan, saturation, path)
+    return out.data, out.mask, out.header
+
+
 def test_prepare_raw_flags_saturation_before_subtracting_the_overscan(night):
     light = _frames(night, "light")[0]
     path = night["raw_dir"] / light["file"]
     data, header, mask = read_frame(path)
     data[10, 20] = 65535.0
-    out, out_mask, out_header = prepare_raw(data, mask, header, OVERSCAN, path, 65535)
+    out, out_mask, out_header = _prepare(data, mask, header, OVERSCAN, path, 65535)
     assert out.shape == (96, 128)
     assert out_mask[10, 20] & bits.SATURATED  # though its value is now ~64500
     true_level = night["overscan"][path.stem]
@@ -62,19 +68,19 @@ def test_missing_or_misfit_section_names_file_and_keyword(night):
     path = night["raw_dir"] / light["file"]
     data, header, mask = read_frame(path)
     with pytest.raises(SectionError, match=r"light_.*GAINSEC.*is missing"):
-        prepare_raw(data, mask, header, {**OVERSCAN, "biassec": "GAINSEC"}, path)
+        _prepare(data, mask, header, {**OVERSCAN, "biassec": "GAINSEC"}, path)
     header["BIASSEC"] = "[130:170,1:96]"
     with pytest.raises(SectionError, match=r"BIASSEC = '\[130:170,1:96\]' does not fit"):
-        prepare_raw(data, mask, header, OVERSCAN, path)
+        _prepare(data, mask, header, OVERSCAN, path)
 
 
 def test_signal_in_the_overscan_is_reported_in_the_header(night, caplog):
     light = _frames(night, "light")[0]
     path = night["raw_dir"] / light["file"]
     data, header, mask = read_frame(path)
-    assert "OVSCWARN" not in prepare_raw(data, mask, header, OVERSCAN, path)[2]
+    assert "OVSCWARN" not in _prepare(data, mask, header, OVERSCAN, path)[2]
     data[40:44, 140:144] += 5000.0  # a star bleeding into the strip
     with caplog.at_level("WARNING", logger="ccdflow"):
-        out_header = prepare_raw(data, mask, header, OVERSCAN, path)[2]
+        out_header = _prepare(data, mask, header, OVERSCAN, path)[2]
     assert out_header["OVSCWARN"].startswith("signal in overscan")
     assert "signal in the overscan" in caplog.text and path.name in caplog.text

@@ -147,58 +147,41 @@ def _light(wildcards):
         raise WorkflowError(f"{wildcards.frame} is not a light frame of {RAW_DIR}") from None
 
 
-def calibrate_inputs(wildcards):
-    """Input function of calibrate_frame: the raw frame and the masters it uses."""
+def frame_inputs(wildcards):
+    """Input function of process_frame: the raw frame, its masters, and the record of its
+    alignment reference (which carries the reference's star list)."""
     row = _light(wildcards)
     out = {"raw": ancient(str(RAW_DIR / row["record"]["path"]))}
     for kind in ("bias", "dark", "flat"):
         if row[kind]:
             out[kind] = _master_path(row[kind])
+    reference = REFERENCES[wildcards.frame]
+    if reference != wildcards.frame:
+        out["reference_record"] = f"results/records/{reference}.json"
     return out
 
 
-def calibrate_params(wildcards):
-    """Everything else calibrate_frame needs, from the plan and the config."""
+def frame_calibration(wildcards):
+    """What process_frame needs to calibrate its frame, from the plan and the config."""
     row = _light(wildcards)
     record = row["record"]
     return {
         "hdu": record["hdu"],
         "dark_scale": row["dark_scale"],
         "fingerprint": record["fingerprint"],
-        "overscan": OVERSCAN,
         "night": row["night"],
         "candidates": ccd_plan.candidates_text(row, informative_only=True),
         **ccd_plan.detector(record, config["detector"]),
+        "detector_sources": ccd_plan.detector_sources(record, config["detector"]),
     }
 
 
-def _group_of(frame):
-    return PLAN.lights[frame]["record"]["group"]
-
-
-def aligned_path(frame):
-    return f"results/aligned/{_group_of(frame)}/{frame}.fits"
-
-
-# With cosmic-ray cleaning off there is no clean_cosmics job (it would only copy the
-# frame): alignment reads the calibrated frames.
-ALIGN_FROM = "results/cleaned" if config["cosmics"]["enabled"] else "results/calibrated"
-
-
-def align_inputs(wildcards):
-    """Input function of align_frame: the cleaned frame and its group's reference."""
-    row = _light(wildcards)
-    if row["record"]["group"] != wildcards.group:
-        raise WorkflowError(f"{wildcards.frame} is not in group {wildcards.group}")
-    reference = REFERENCES[wildcards.frame]
-    return {
-        "cleaned": f"{ALIGN_FROM}/{wildcards.frame}.fits",
-        "reference": f"{ALIGN_FROM}/{reference}.fits",
-    }
-
-
-def align_reference(wildcards):
+def frame_reference(wildcards):
     return REFERENCES[wildcards.frame]
+
+
+def frame_group(wildcards):
+    return _light(wildcards)["record"]["group"]
 
 
 def _members(wildcards):
@@ -208,9 +191,27 @@ def _members(wildcards):
         raise WorkflowError(f"no stack group {wildcards.group} in {RAW_DIR}") from None
 
 
+def group_records(wildcards):
+    """The records of a stack group's frames."""
+    return [f"results/records/{frame}.json" for frame in _members(wildcards)]
+
+
 def group_aligned(wildcards):
     """The aligned frames of a stack group."""
-    return [aligned_path(frame) for frame in _members(wildcards)]
+    return [f"results/aligned/{frame}.fits" for frame in _members(wildcards)]
+
+
+def group_frame_files(wildcards):
+    """Per frame of a group: its aligned product and its raw file (for the selection)."""
+    out = {}
+    for frame in _members(wildcards):
+        r = PLAN.lights[frame]["record"]
+        out[frame] = {
+            "aligned": f"results/aligned/{frame}.fits",
+            "raw": str(RAW_DIR / r["path"]),
+            "hdu": r["hdu"],
+        }
+    return out
 
 
 def group_raw(wildcards):
@@ -219,15 +220,14 @@ def group_raw(wildcards):
     return ancient([str(RAW_DIR / r["path"]) for r in records])
 
 
-def group_raw_frames(wildcards):
-    records = [PLAN.lights[f]["record"] for f in _members(wildcards)]
-    return [[str(RAW_DIR / r["path"]), r["hdu"], r["fingerprint"]] for r in records]
+def group_fingerprints(wildcards):
+    return [PLAN.lights[f]["record"]["fingerprint"] for f in _members(wildcards)]
 
 
 def final_outputs():
     """Every product of a full run."""
     masters = [m.path for m in PLAN.masters.values()]
-    frames = [f"results/calibrated/{frame}.fits" for frame in sorted(PLAN.lights)]
+    frames = [f"results/records/{frame}.json" for frame in sorted(PLAN.lights)]
     stacks = [f"results/stacks/{g}.fits" for g in GROUPS]
     raw_stacks = [f"results/stacks/raw/{g}.fits" for g in GROUPS]
     previews = [f"results/qc/previews/{g}.png" for g in GROUPS]

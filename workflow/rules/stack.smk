@@ -3,6 +3,7 @@
 
 rule stack_group:
     input:
+        selection="results/selection/{group}.json",
         aligned=group_aligned,
     output:
         stack="results/stacks/{group}.fits",
@@ -23,8 +24,8 @@ rule stack_group:
 
 rule stack_raw_group:
     input:
+        selection="results/selection/{group}.json",
         raw=group_raw,
-        aligned=group_aligned,
     output:
         stack="results/stacks/raw/{group}.fits",
     log:
@@ -36,7 +37,7 @@ rule stack_raw_group:
     resources:
         mem_mb=2000,
     params:
-        frames=group_raw_frames,
+        fingerprints=group_fingerprints,
         version=VERSION,
     script:
         "../../scripts/stack_raw_group.py"
@@ -62,7 +63,8 @@ rule make_preview:
 
 rule collect_qc:
     input:
-        aligned=[aligned_path(frame) for frame in sorted(PLAN.lights)],
+        records=[f"results/records/{frame}.json" for frame in sorted(PLAN.lights)],
+        selections=[f"results/selection/{group}.json" for group in GROUPS],
     output:
         table="results/qc/frames.tsv",
     log:
@@ -70,8 +72,6 @@ rule collect_qc:
     conda:
         "../../envs/ccdflow.yaml"
     params:
-        frames=sorted(PLAN.lights),
-        groups=[PLAN.lights[f]["record"]["group"] for f in sorted(PLAN.lights)],
         version=VERSION,
     script:
         "../../scripts/collect_qc.py"

@@ -1,0 +1,371 @@
+"""The frame job: one light frame from raw to aligned in one process, and its record.
+
+Calibrate (overscan, bias, scaled dark, flat, gain), clean cosmic rays (astroscrappy),
+find its stars, register it onto its reference and resample it: all in memory, on
+:class:`ccdflow.frame.Frame` objects. Three files come out:
+
+- ``results/calibrated/{frame}.fits``: calibrated and cosmic-ray-cleaned, native pixels
+  (``COSMIC`` bit in its mask): what photometry on single frames needs;
+- ``results/aligned/{group}/{frame}.fits``: on the reference's pixel grid; for a frame
+  that cannot be aligned a header-only file (no pixels) saying why;
+- ``results/records/{frame}.json``: the record (:data:`RECORD_VERSION`): what later jobs
+  need from this one (detector values with units and their source, sky and noise,
+  cosmic-ray counts, the star list, the transform, status and reason) and the time of
+  each step. No job reads state back from a header card.
+
+A frame the chain cannot use (unreadable at run time, absurd cosmic-ray fraction, no
+stars, no match to the reference) is not an error: the record says ``rejected`` with a
+reason code, and the group's selection step leaves it out.
+"""
+
+__all__ = ["RECORD_VERSION", "process_frame", "read_record", "write_json"]
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ccdflow import __version__, bits, provenance
+from ccdflow.frame import Frame, read_raw
+from ccdflow.io import FrameError
+
+log = logging.getLogger("ccdflow")
+
+#: Layout version of ``results/records/{frame}.json``.
+RECORD_VERSION = 1
+
+#: Keys of the ``align`` configuration that parameterise star detection.
+_DETECT_KEYS = ("detection_sigma", "min_area", "max_control_points", "max_sharpness")
+#: Keys of the ``align`` configuration that parameterise matching and validation.
+_MATCH_KEYS = (
+    "detection_sigma",
+    "max_control_points",
+    "min_matches",
+    "max_scale_error",
+    "max_residual",
+)
+
+
+def write_json(path, content):
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(content, f, indent=1, allow_nan=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(path):
+    """A frame's record; raises ValueError naming the file when it is not one."""
+    with open(path) as f:
+        record = json.load(f)
+    if record.get("record_version") != RECORD_VERSION:
+        raise ValueError(
+            f"{path}: record version {record.get('record_version')!r}, this ccdflow writes "
+            f"{RECORD_VERSION}; rerun the frame jobs (snakemake --forcerun process_frame)"
+        )
+    return record
+
+
+class _Steps:
+    """Times the steps of one job and logs each as it starts and ends."""
+
+    def __init__(self, frame):
+        self.frame = frame
+        self.seconds = {}
+
+    def __call__(self, name):
+        self.name = name
+        return self
+
+    def __enter__(self):
+        log.info("%s: %s ...", self.frame, self.name)
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        dt = time.perf_counter() - self.t0
+        self.seconds[self.name] = round(self.seconds.get(self.name, 0.0) + dt, 4)
+        log.info("%s: %s done in %.2f s", self.frame, self.name, dt)
+
+
+def _quantity(value, unit, source):
+    return {"value": None if value is None else float(value), "unit": unit, "source": source}
+
+
+def _detector(calibration, read_noise, rn_source, unit):
+    """Detector values of the record: value, unit and where each came from."""
+    sources = calibration.get("detector_sources", {})
+    gain = calibration.get("gain")
+    return {
+        "gain": _quantity(gain, "electron/adu", sources.get("gain", "none")),
+        "read_noise": _quantity(read_noise, unit, rn_source),
+        "saturation": _quantity(
+            calibration.get("saturation"), "adu", sources.get("saturation", "none")
+        ),
+    }
+
+
+def _sky(frame):
+    """Median and robust noise (MAD) of the unmasked pixels of a subsample, data unit."""
+    sub = frame.data[::4, ::4][frame.mask[::4, ::4] == 0]
+    sub = sub[np.isfinite(sub)]
+    if sub.size == 0:
+        return None, None
+    median = float(np.median(sub))
+    return median, float(1.482602218505602 * np.median(np.abs(sub - median)))
+
+
+def _calibrate(raw_path, hdu, masters, calibration, overscan, steps):
+    from ccdflow import calibrate
+    from ccdflow.tasks import load_master
+
+    with steps("read"):
+        raw = read_raw(raw_path, hdu)
+        loaded = {k: load_master(p, fast=True) for k, p in masters.items() if p}
+    with steps("calibrate"):
+        raw = calibrate.prepare_raw(raw, overscan, calibration.get("saturation"), raw_path)
+        gain = calibration.get("gain")
+        read_noise = calibration.get("read_noise")
+        rn_source = calibration.get("detector_sources", {}).get("read_noise", "none")
+        bias = loaded.get("bias")
+        if read_noise is None and bias is not None and "RDNOISEM" in bias.header:
+            # measured from the bias pairs by make_master_bias (ADU)
+            read_noise = float(bias.header["RDNOISEM"]) * (gain or 1.0)
+            rn_source = f"measured:{bias.name}"
+        calibrated = calibrate.calibrate_frame(
+            raw,
+            bias=bias,
+            dark=loaded.get("dark"),
+            dark_scale=calibration.get("dark_scale", 1.0),
+            flat=loaded.get("flat"),
+            gain=gain,
+            read_noise=read_noise,
+        )
+    header = calibrated.header
+    if read_noise is not None:
+        provenance.add_step(header, "RDNOISE", round(float(read_noise), 4))
+    if calibration.get("night"):
+        provenance.add_step(header, "CALNIGHT", calibration["night"])
+    candidates = calibration.get("candidates", "")
+    if candidates:
+        provenance.add_step(header, "CALCANDS", candidates[:60])
+        header.add_history(f"calibration candidates: {candidates}")
+    provenance.add_step(header, "RAWFILE", Path(raw_path).name)
+    if calibration.get("fingerprint"):
+        provenance.add_step(header, "RAWSHA", calibration["fingerprint"])
+    detector = _detector(calibration, read_noise, rn_source, calibrated.unit)
+    return calibrated, detector
+
+
+def _clean(frame, detector, cosmics, steps):
+    """Cosmic rays flagged and cleaned; (frame, record part, reason, detail)."""
+    from ccdflow import cosmics as cr
+
+    params = {k: v for k, v in cosmics.items() if k != "enabled"}
+    if not cosmics.get("enabled", True):
+        provenance.add_step(frame.header, "CRMETHOD", "skipped (cosmics.enabled: false)")
+        return frame, {"method": "none"}, "", ""
+    rn = detector["read_noise"]["value"]
+    if rn is None:
+        detail = "no read noise (detector.read_noise, a header alias or bias pairs)"
+        return frame, {"method": "astroscrappy"}, "no_read_noise", detail
+    # the frame is in electrons when the gain is known; otherwise in ADU, and the read
+    # noise is then in ADU too (detector.read_noise.unit says which)
+    with steps("cosmics"):
+        result = cr.clean_cosmics(frame.data, frame.mask, gain=1.0, read_noise=rn, **params)
+    method = "astroscrappy " + " ".join(f"{k}={v}" for k, v in params.items())
+    header = frame.header.copy()
+    provenance.add_step(header, "CRMETHOD", method)
+    provenance.add_step(header, "CRNPIX", int(result.n_flagged))
+    provenance.add_step(header, "CRFRAC", round(float(result.fraction), 6))
+    part = {
+        "method": method,
+        "n_flagged": int(result.n_flagged),
+        "fraction": float(result.fraction),
+        "detail": result.detail,
+    }
+    if not result.ok:
+        return frame.replace(header=header), part, result.reason, result.detail
+    log.info("%d cosmic-ray pixels (%.4f %%)", result.n_flagged, 100 * result.fraction)
+    return frame.replace(data=result.data, mask=result.mask, header=header), part, "", ""
+
+
+def _write_no_pixels(path, header, status, reason, detail):
+    """A header-only product: the frame has no image on this grid, and why."""
+    header = header.copy()
+    provenance.add_step(header, "QCSTATUS", status)
+    provenance.add_step(header, "QCREASON", reason)
+    header.add_comment(f"no image: {reason}: {detail}"[:4000])
+    empty = np.zeros((0, 0), np.float32)
+    from ccdflow import io
+
+    return io.write_hdulist(path, io.ccd_hdulist(empty, header))
+
+
+def process_frame(
+    raw,
+    hdu,
+    *,
+    frame,
+    group,
+    calibrated_path,
+    aligned_path,
+    record_path,
+    masters,
+    calibration,
+    cosmics,
+    align,
+    reference,
+    reference_record=None,
+    overscan=None,
+):
+    """Run the per-frame chain of one light frame and write its three products.
+
+    Parameters
+    ----------
+    raw : path-like
+        The raw frame; ``hdu`` the index of its image HDU.
+    frame, group : str
+        Frame id and stack group (names in the record and the logs).
+    calibrated_path, aligned_path, record_path : path-like
+        Where the products go (see the module docstring).
+    masters : dict
+        ``{'bias': path, 'dark': path, 'flat': path}``; a missing or None entry is a
+        skipped step.
+    calibration : dict
+        ``gain`` (e-/ADU or None), ``read_noise`` (e-, or ADU without gain, or None),
+        ``saturation`` (ADU), ``detector_sources`` (where each came from), ``dark_scale``,
+        ``fingerprint``, ``night``, ``candidates``.
+    cosmics, align : dict
+        The ``cosmics`` and ``align`` configuration sections.
+    reference : str
+        Frame id of the alignment reference (``frame`` itself for the reference).
+    reference_record : path-like, optional
+        The reference's record (its star list); not needed by the reference itself.
+    overscan : dict, optional
+        The ``overscan`` configuration when it is enabled.
+
+    Returns
+    -------
+    dict
+        The record, as written to ``record_path``.
+    """
+    from ccdflow import align as aln
+
+    steps = _Steps(frame)
+    t_start = time.perf_counter()
+    record = {
+        "record_version": RECORD_VERSION,
+        "pipeline_version": __version__,
+        "frame": frame,
+        "group": group,
+        "raw": os.fspath(raw),
+        "fingerprint": calibration.get("fingerprint", ""),
+        "status": "ok",
+        "reason": "",
+        "detail": "",
+        "failed_step": "",
+        "masters": {k: (Path(p).name if p else None) for k, p in masters.items()},
+        "dark_scale": calibration.get("dark_scale"),
+        "night": calibration.get("night", ""),
+        "reference": reference,
+    }
+
+    def reject(step, reason, detail):
+        record.update(status="rejected", failed_step=step, reason=reason, detail=detail)
+        log.warning("%s excluded at %s: %s (%s)", frame, step, reason, detail)
+
+    try:
+        calibrated, detector = _calibrate(raw, hdu, masters, calibration, overscan, steps)
+    except FrameError as exc:
+        reject("read", exc.reason, exc.detail or str(exc))
+        from ccdflow.io import Header
+
+        header = Header()
+        provenance.stamp(header, "CALIBRATED")
+        _write_no_pixels(calibrated_path, header, "rejected", exc.reason, exc.detail)
+        _write_no_pixels(aligned_path, header, "rejected", exc.reason, exc.detail)
+        record |= {"unit": None, "shape": None, "stars": None, "alignment": None}
+        record["seconds"] = steps.seconds | {"total": round(time.perf_counter() - t_start, 4)}
+        write_json(record_path, record)
+        return record
+    record["unit"] = calibrated.unit
+    record["shape"] = [int(s) for s in calibrated.shape]
+    record["detector"] = detector
+    record["saturated_pixels"] = int(np.count_nonzero(calibrated.mask & bits.SATURATED))
+
+    cleaned, record["cosmics"], reason, detail = _clean(calibrated, detector, cosmics, steps)
+    if reason:
+        reject("cosmics", reason, detail)
+    sky, noise = _sky(cleaned)
+    record["sky"] = {"value": sky, "unit": cleaned.unit}
+    record["sky_noise"] = {"value": noise, "unit": cleaned.unit}
+    provenance.add_step(cleaned.header, "ALIGNREF", reference)
+    with steps("write calibrated"):
+        cleaned.write(calibrated_path)
+
+    is_reference = frame == reference
+    stars = None
+    if record["status"] == "ok" or is_reference:
+        with steps("stars"):
+            stars = aln.star_list(
+                cleaned.data, cleaned.mask, **{k: align[k] for k in _DETECT_KEYS if k in align}
+            )
+    record["stars"] = stars
+
+    result = None
+    if record["status"] == "ok":
+        if is_reference:
+            result = aln.AlignResult.identity()
+            ref_shape = cleaned.shape
+        else:
+            ref = read_record(reference_record)
+            ref_shape = tuple(ref["shape"] or ())
+            record["reference_shape"] = list(ref_shape)
+            if not ref.get("stars"):
+                why = f"reference {reference} has no star list ({ref['reason']}: {ref['detail']})"
+                result = aln.AlignResult(False, "reference_unusable", why)
+            else:
+                with steps("match"):
+                    result = aln.match(
+                        stars, ref["stars"], **{k: align[k] for k in _MATCH_KEYS if k in align}
+                    )
+        if not result.ok:
+            reject("align", result.reason, result.detail)
+    record["alignment"] = None if result is None else result.as_dict()
+
+    header = cleaned.header
+    if record["status"] == "ok":
+        with steps("resample"):
+            data, unc, mask = aln.resample(
+                cleaned.data, cleaned.uncertainty, cleaned.mask, result.matrix, ref_shape
+            )
+        provenance.add_step(header, "ALNNMAT", int(result.n_matches))
+        provenance.add_step(header, "ALNRMS", round(float(result.rms_residual), 4))
+        provenance.add_step(header, "ALNDX", round(float(result.shift[0]), 3))
+        provenance.add_step(header, "ALNDY", round(float(result.shift[1]), 3))
+        with steps("write aligned"):
+            cleaned.replace(data=data, uncertainty=unc, mask=mask).write(aligned_path)
+    else:
+        _write_no_pixels(aligned_path, header, "rejected", record["reason"], record["detail"])
+    record["seconds"] = steps.seconds | {"total": round(time.perf_counter() - t_start, 4)}
+    write_json(record_path, record)
+    log.info(
+        "%s: %s in %.2f s (%s)",
+        frame,
+        record["status"],
+        record["seconds"]["total"],
+        ", ".join(f"{k} {v:.2f} s" for k, v in steps.seconds.items()),
+    )
+    return record

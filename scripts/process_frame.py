@@ -1,0 +1,22 @@
+"""Rule process_frame: one light frame calibrated, cleaned of cosmic rays and aligned."""
+
+from ccdflow.framejob import process_frame
+from ccdflow.tasks import setup_logging
+
+setup_logging(snakemake.log[0])
+process_frame(
+    snakemake.input.raw,
+    snakemake.params.calibration["hdu"],
+    frame=snakemake.wildcards.frame,
+    group=snakemake.params.group,
+    calibrated_path=snakemake.output.calibrated,
+    aligned_path=snakemake.output.aligned,
+    record_path=snakemake.output.record,
+    masters={k: snakemake.input.get(k) for k in ("bias", "dark", "flat")},
+    calibration=snakemake.params.calibration,
+    cosmics=snakemake.params.cosmics,
+    align={k: v for k, v in snakemake.params.align.items() if k != "reference"},
+    reference=snakemake.params.reference,
+    reference_record=snakemake.input.get("reference_record"),
+    overscan=snakemake.params.overscan,
+)

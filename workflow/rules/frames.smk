@@ -1,0 +1,46 @@
+# One job per light frame: calibrate, clean cosmic rays, align, in one process; its
+# calibrated and aligned frames and its record. Then per group the selection step.
+
+
+rule process_frame:
+    input:
+        unpack(frame_inputs),
+    output:
+        calibrated="results/calibrated/{frame}.fits",
+        aligned="results/aligned/{frame}.fits",
+        record="results/records/{frame}.json",
+    log:
+        "logs/process_frame/{frame}.log",
+    benchmark:
+        "benchmarks/process_frame/{frame}.tsv"
+    conda:
+        "../../envs/ccdflow.yaml"
+    resources:
+        mem_mb=1500,
+    params:
+        calibration=frame_calibration,
+        cosmics=config["cosmics"],
+        align=config["align"],
+        overscan=OVERSCAN,
+        reference=frame_reference,
+        group=frame_group,
+        version=VERSION,
+    script:
+        "../../scripts/process_frame.py"
+
+
+rule select_frames:
+    input:
+        records=group_records,
+    output:
+        selection="results/selection/{group}.json",
+    log:
+        "logs/select_frames/{group}.log",
+    conda:
+        "../../envs/ccdflow.yaml"
+    params:
+        frames=group_frame_files,
+        selection=config["selection"],
+        version=VERSION,
+    script:
+        "../../scripts/select_frames.py"
