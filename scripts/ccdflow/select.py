@@ -12,7 +12,7 @@ The selection (``results/selection/{group}.json``) is the stack's and the raw st
 only source of which frames to use and how each was transformed.
 """
 
-__all__ = ["FRAME_GATES", "select_group"]
+__all__ = ["FRAME_GATES", "group_config", "select_group"]
 
 import fnmatch
 from pathlib import Path
@@ -38,9 +38,21 @@ FRAME_GATES = (
 )
 
 
-def _excluded_by_name(record, patterns):
-    names = (record["frame"], Path(record.get("raw", "")).name)
-    return next((p for p in patterns for n in names if fnmatch.fnmatchcase(n, p)), None)
+def group_config(cfg, frames):
+    """The ``selection`` configuration as one group sees it.
+
+    ``exclude`` is narrowed to ``{frame id: pattern}`` of this group's frames, so that
+    excluding a frame changes the parameters (and reruns the selection) of its own group
+    only. ``frames``: frame id -> raw path of the group's frames.
+    """
+    patterns = cfg.get("exclude") or []
+    exclude = {}
+    for frame, raw in sorted(frames.items()):
+        names = (frame, Path(raw).name)
+        hit = next((p for p in patterns for n in names if fnmatch.fnmatchcase(n, p)), None)
+        if hit is not None:
+            exclude[frame] = hit
+    return {**cfg, "exclude": exclude}
 
 
 def select_group(group, records, cfg, frames):
@@ -53,8 +65,8 @@ def select_group(group, records, cfg, frames):
     records : sequence of dict
         The records of the group's frames (`ccdflow.framejob.read_record`).
     cfg : dict
-        The ``selection`` configuration: ``exclude`` (frame ids or raw file names, glob
-        patterns allowed) and one limit per row of :data:`FRAME_GATES`.
+        The group's `group_config`: ``exclude`` (frame id -> the configured pattern that
+        names it) and one limit per row of :data:`FRAME_GATES`.
     frames : dict
         frame id -> ``{"aligned": path, "raw": path, "hdu": int}``.
 
@@ -114,7 +126,7 @@ def _decide(record, cfg):
             "value": None,
             "threshold": None,
         }
-    pattern = _excluded_by_name(record, cfg.get("exclude") or [])
+    pattern = (cfg.get("exclude") or {}).get(record["frame"])
     if pattern is not None:
         return {
             "step": "selection",

@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 LATER = ("light_M13demo_V_060s_003.fits", "flat_R_006.fits", "bias_006.fits")
 DARKS_120 = [f"dark_120s_{i:03d}.fits" for i in range(1, 6)]
-PER_FRAME = ("calibrate_frame", "clean_cosmics", "align_frame")
-PER_GROUP = ("stack_group", "stack_raw_group", "make_preview")
+PER_FRAME = ("process_frame",)
+PER_GROUP = ("select_frames", "stack_group", "stack_raw_group", "make_preview")
 
 
 def jobs(frames=0, groups=0, qc=True, **extra):
@@ -72,15 +72,18 @@ class Night:
 
     def plan(self, *configfiles):
         """Dry run: rule -> number of jobs (without the 'all' target)."""
-        args = [f"--configfile={c}" for c in (*self.extra, *configfiles)]
-        proc = snakemake(self.work, "-n", *args, config={"raw_dir": self.raw})
+        proc = snakemake(self.work, "-n", *self._configs(configfiles), config={"raw_dir": self.raw})
         if "Nothing to be done" in proc.stdout + proc.stderr:
             return {}
         return {k: v for k, v in planned_jobs(proc.stdout).items() if k != "all"}
 
     def run(self, *configfiles):
-        args = [f"--configfile={c}" for c in (*self.extra, *configfiles)]
-        return snakemake(self.work, *args, config={"raw_dir": self.raw})
+        return snakemake(self.work, *self._configs(configfiles), config={"raw_dir": self.raw})
+
+    def _configs(self, configfiles):
+        # one --configfile with every file: given twice, Snakemake keeps only the last
+        files = [str(c) for c in (*self.extra, *configfiles)]
+        return ["--configfile", *files] if files else []
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +156,40 @@ def test_cosmic_ray_parameter_reruns_cleaning_and_everything_after_it(night, tmp
     cfg = tmp_path / "cosmics.yaml"
     cfg.write_text(yaml.safe_dump({"cosmics": {"sigclip": 5.0}}))
     n_lights = len(list(night.raw.glob("light_*.fits")))
-    expected = jobs(frames=n_lights, groups=4)
-    expected.pop("calibrate_frame")
-    assert night.plan(cfg) == expected
+    # one job per frame: its (cheap) calibration is redone too (DESIGN §7)
+    assert night.plan(cfg) == jobs(frames=n_lights, groups=4)
     night.extra.append(cfg)
     night.run()
+
+
+def test_alignment_parameter_reruns_the_frame_jobs_and_stacks(night, tmp_path):
+    cfg = tmp_path / "align.yaml"
+    cfg.write_text(yaml.safe_dump({"align": {"max_residual": 0.6}}))
+    n_lights = len(list(night.raw.glob("light_*.fits")))
+    assert night.plan(cfg) == jobs(frames=n_lights, groups=4)
+    night.extra.append(cfg)
+    night.run()
+
+
+def test_quality_threshold_reruns_selections_and_stacks_not_frame_jobs(night, tmp_path):
+    cfg = tmp_path / "gate.yaml"
+    cfg.write_text(yaml.safe_dump({"selection": {"max_saturated_fraction": 0.2}}))
+    assert night.plan(cfg) == jobs(groups=4)
+    night.extra.append(cfg)
+    night.run()
+
+
+def test_excluding_one_frame_reruns_its_group_only(night, tmp_path):
+    cfg = tmp_path / "exclude.yaml"
+    cfg.write_text(yaml.safe_dump({"selection": {"exclude": ["light_M13demo_V_060s_002*"]}}))
+    assert night.plan(cfg) == jobs(groups=1)
+    night.extra.append(cfg)
+    night.run()
+    qc = {r["frame"]: r for r in read_tsv(night.work / "results/qc/frames.tsv")}
+    assert qc["light_M13demo_V_060s_002"]["reason"] == "excluded_by_config"
+    assert [r["frame"] for r in qc.values() if r["status"] != "ok"] == [
+        "light_M13demo_V_060s_002"
+    ]
 
 
 def test_new_bias_reruns_everything_downstream(night):
@@ -194,7 +226,7 @@ def test_library_version_change_reruns_what_it_affects(night, tmp_path):
             "1",
             "--directory",
             str(night.work),
-            *[f"--configfile={c}" for c in night.extra],
+            *night._configs(()),
             "--config",
             f"raw_dir={night.raw}",
         ],

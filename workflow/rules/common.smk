@@ -14,6 +14,7 @@ import ccdflow
 from ccdflow import inventory as ccd_inventory
 from ccdflow import library as ccd_library
 from ccdflow import plan as ccd_plan
+from ccdflow import select as ccd_select
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -212,6 +213,13 @@ def group_frame_files(wildcards):
             "hdu": r["hdu"],
         }
     return out
+
+
+def group_selection(wildcards):
+    """The selection configuration as this group sees it (rerun trigger of its own)."""
+    members = _members(wildcards)
+    raws = {f: PLAN.lights[f]["record"]["path"] for f in members}
+    return ccd_select.group_config(config["selection"], raws)
 
 
 def group_raw(wildcards):

@@ -40,7 +40,7 @@ rule select_frames:
         "../../envs/ccdflow.yaml"
     params:
         frames=group_frame_files,
-        selection=config["selection"],
+        selection=group_selection,
         version=VERSION,
     script:
         "../../scripts/select_frames.py"
