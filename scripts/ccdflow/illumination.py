@@ -121,11 +121,8 @@ def fit_illumination(flat, mask=None, *, degree=3, bin=16, sigma=3.0):
     fitter = fitting.FittingWithOutlierRemoval(
         fitting.LinearLSQFitter(), sigma_clip, niter=3, sigma=sigma
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # astropy warns when a fit is exact (degree 0)
-        poly, clipped = fitter(models.Polynomial2D(degree), uu[have], vv[have], medians[have])
-    clipped = np.asarray(np.ma.getmaskarray(clipped), bool) if clipped is not None else None
-    kept = ~clipped if clipped is not None else np.ones(have.sum(), bool)
+    poly, clipped = fitter(models.Polynomial2D(degree), uu[have], vv[have], medians[have])
+    kept = ~np.asarray(clipped, bool)  # astropy returns the outliers as a boolean mask
     block_resid = medians[have] / poly(uu[have], vv[have]) - 1
     model = poly(_normalised(np.arange(nx), nx)[None, :], _normalised(np.arange(ny), ny)[:, None])
     model = np.broadcast_to(model, flat.shape).astype(np.float32)

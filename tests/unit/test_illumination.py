@@ -28,10 +28,12 @@ def test_known_shape_recovered_within_noise():
     u, v = _coords()
     truth = _vignetting(u, v)
     flat = truth * rng.normal(1, NOISE, SHAPE)
-    flat[:, 40] = 0.05  # a dead column, masked
+    flat[:, 40] = 0.05  # a dead column and a dead corner, masked
+    flat[:48, -48:] = 0.05
     mask = np.zeros(SHAPE, np.uint16)
-    mask[:, 40] = 1
-    flat[100:110, 200:210] *= 0.9  # a dust shadow, not masked
+    mask[:, 40] = mask[:48, -48:] = 1
+    y, x = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    flat[np.hypot(x - 200, y - 100) < 24] *= 0.92  # a dust shadow, not masked: clipped
     flat.flat[rng.choice(flat.size, 100, replace=False)] = 5.0  # hot pixels, not masked
     fit = fit_illumination(flat, mask, degree=3)
     assert fit.model.shape == SHAPE and fit.model.dtype == np.float32
@@ -39,7 +41,8 @@ def test_known_shape_recovered_within_noise():
     assert fit.residual_rms == pytest.approx(NOISE, rel=0.05)
     assert fit.binned_residual_rms < 0.2 * NOISE
     assert fit.degree == 3 and len(fit.coefficients) == 10
-    assert fit.summary()["n_blocks"] == 16 * 20
+    assert fit.summary()["n_blocks"] == 16 * 20 - 9  # the masked corner has no data
+    assert 0 < fit.n_rejected < 20  # the blocks of the dust shadow
 
 
 def test_too_low_degree_shows_in_the_residual():
