@@ -74,10 +74,16 @@ def test_saturated_and_masked_pixels(field):
     data = _frame(field, 4)
     mask = np.zeros(SHAPE, np.uint16)
     mask[:, :32] = bits.SATURATED  # an eighth of the frame
-    mask[100, 100] = bits.BAD
+    xy = field[0]
+    hit = xy[xy[:, 0] > 40][:10]  # ten stars with a bad pixel in their core
+    mask[np.round(hit[:, 1]).astype(int), np.round(hit[:, 0]).astype(int)] = bits.BAD
     m = frame_metrics(data, mask)
     assert m["saturated_fraction"] == pytest.approx(1 / 8)
-    assert all(x > 32 for x in m["stars"]["x_px"])  # no PSF star touches a masked pixel
+    stars = np.column_stack([m["stars"]["x_px"], m["stars"]["y_px"]])
+    assert (stars[:, 0] > 32).all()
+    near = np.hypot(*(stars[:, None, :] - hit[None, :, :]).transpose(2, 0, 1)) < 3
+    assert not near.any()  # no PSF star touches a masked pixel
+    assert len(stars) >= 30
     assert frame_metrics(data, saturation=data.max())["saturated_fraction"] == 1 / data.size
     empty = frame_metrics(np.random.default_rng(0).normal(SKY, 10, SHAPE))
     assert empty["n_stars"] == 0 and empty["fwhm_px"] is None
@@ -92,6 +98,13 @@ def test_transparency_matches_stars_through_the_transform(field):
     assert transparency(shifted, ref)["n_matched"] < 5  # without the transform: no match
     assert transparency(ref, ref)["transparency"] == 1.0
     assert flux_ratio([2, 4, 6, 8, 10], [1, 2, 3, 4, 5]) == (2.0, 5)
+    # A reference star claimed by two frame stars is matched to neither.
+    ref = {"x_px": [10, 50, 90, 130, 170, 210], "y_px": [10] * 6, "flux_e": [100.0] * 6}
+    two = {k: [*v, v[0]] for k, v in ref.items()}
+    two["x_px"][-1] += 1.0
+    two["flux_e"] = [50.0] * 6 + [1e4]
+    t = transparency(two, ref, min_stars=3)
+    assert t == {"transparency": 0.5, "n_matched": 5}
     assert math.isnan(flux_ratio([1, 2], [1, 2])[0])
 
 
@@ -152,3 +165,6 @@ def test_gates_are_data():
     with pytest.raises(ValueError, match="unknown quality gate"):
         gate_group(records, {"clouds": 0.5})
     assert gate_group([records[0]])[0]["status"] == "ok"  # alone: nothing to compare with
+    # Two frames are enough to tell the bad one: each is compared with the other.
+    pair = gate_group([{"fwhm_px": 3.0}, {"fwhm_px": 6.0}])
+    assert [d["reason"] for d in pair] == ["", "bad_seeing"] and pair[1]["threshold"] == 4.5
