@@ -62,6 +62,16 @@ def test_fwhm_and_star_count(field):
     json.dumps(m, allow_nan=False)  # a record is plain JSON
 
 
+def test_close_pairs_are_not_psf_stars(field):
+    """Half of the stars get an equal companion 7 px away: still counted, not measured."""
+    xy, flux = field
+    crowded = (np.vstack([xy, xy[:30] + np.array([7.0, 0.0])]), np.concatenate([flux, flux[:30]]))
+    m = frame_metrics(_frame(crowded, 7))
+    assert abs(m["n_stars"] - 90) <= 9
+    assert m["n_psf_stars"] <= 30
+    assert m["fwhm_px"] == pytest.approx(FWHM, rel=0.1)
+
+
 def test_trailed_and_blurred_frames_measured(field):
     wide = frame_metrics(_frame(field, 2, fwhm=2 * FWHM))
     assert wide["fwhm_px"] == pytest.approx(2 * FWHM, rel=0.1)
