@@ -29,6 +29,7 @@ the tiles disagree on, not only the analytic photon statistics.
 """
 
 __all__ = [
+    "UNITS",
     "DetectorMeasurement",
     "compare_with_header",
     "measure_detector",

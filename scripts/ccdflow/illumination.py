@@ -18,7 +18,8 @@ medians by linear least squares (``LinearLSQFitter``), with ``sigma``-clipping o
 (``FittingWithOutlierRemoval``, 3 iterations). Coordinates are normalised to [-1, 1]
 across the frame (``u`` along x, ``v`` along y) so the fit is well conditioned for any
 frame size; coefficients refer to them. The model is evaluated on the full grid by
-broadcasting a row and a column, one float32 image (64 MB for 4k x 4k).
+broadcasting a row and a column (a transient float64 image, 128 MB for 4k x 4k), and kept
+as float32. Cost: about 1.3 s of CPU for a 2k x 2k flat, half of it importing astropy.
 """
 
 __all__ = ["IlluminationFit", "combine_sky_dome", "fit_illumination"]

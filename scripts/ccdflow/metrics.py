@@ -123,7 +123,7 @@ def frame_metrics(
     if saturation is not None:
         saturated |= image >= saturation
     bad = (maskarr != 0) | ~np.isfinite(image) | saturated
-    sky, sky_noise = qc.sky_level(np.where(bad, np.nan, image), bad)
+    sky, sky_noise = qc.sky_level(image, bad)
     out = {
         "sky_e": sky,
         "sky_noise_e": sky_noise,
