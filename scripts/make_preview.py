@@ -6,6 +6,7 @@ setup_logging(snakemake.log[0])
 preview_file(
     snakemake.input.stack,
     snakemake.input.raw_stack,
+    snakemake.input.selection,
     snakemake.output.png,
     title=snakemake.wildcards.group,
 )

@@ -396,7 +396,7 @@ def star_list(
     except Exception as exc:  # sep raises plain Exception for its buffer overflows
         out["error"] = f"{type(exc).__name__}: {exc}"
         return out
-    out["n_detected"], out["n_starlike"] = int(cat["n"]), int(len(keep))
+    out["n_detected"], out["n_starlike"] = int(cat["n"]), len(keep)
     return out
 
 

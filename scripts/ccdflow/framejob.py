@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ccdflow import __version__, bits, provenance
-from ccdflow.frame import Frame, read_raw
+from ccdflow.frame import read_raw
 from ccdflow.io import FrameError
 
 log = logging.getLogger("ccdflow")

@@ -3,6 +3,7 @@
 __all__ = ["format_summary", "inventory_counts", "stack_report", "truth_report"]
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -156,15 +157,15 @@ def stack_report(workdir, truth):
     out = []
     for path in sorted((workdir / "results/stacks").glob("*.fits")):
         with fits.open(path) as hdul:
-            data = hdul[0].data.astype(np.float32)
             header = hdul[0].header
+            if hdul[0].data is None:  # an empty group: no frame was stacked
+                continue
+            data = hdul[0].data.astype(np.float32)
             coverage = hdul["COVERAGE"].data
         n = int(header["NCOMBINE"])
         if n < 2:
             continue
-        group = header["STKGROUP"]
-        aligned = sorted((workdir / "results/aligned" / group).glob("*.fits"))
-        one, _, _, one_mask = read_product(aligned[0])
+        one, _, _, one_mask = read_product(workdir / "results/aligned" / header["IMCMB001"])
         full = coverage == n
         gain = _sky_noise(one, (one_mask != 0) | ~full) / _sky_noise(data, ~full)
         out.append(
@@ -225,8 +226,15 @@ def format_summary(workdir, truth=None):
     lines += ["", f"Masters made: {len(masters)}", *(f"  {m}" for m in masters)]
     calibrated = list((workdir / "results/calibrated").glob("*.fits"))
     lines += ["", f"Frames calibrated: {len(calibrated)} (results/calibrated/)"]
-    stacks = sorted((workdir / "results/stacks").glob("*.fits"))
-    lines += ["", f"Stacks: {len(stacks)} (results/stacks/, previews in results/qc/previews/)"]
+    selections = [
+        json.loads(p.read_text()) for p in sorted((workdir / "results/selection").glob("*.json"))
+    ]
+    empty = [s for s in selections if not s["selected"]]
+    made = len(selections) - len(empty)
+    lines += ["", f"Stacks: {made} (results/stacks/, previews in results/qc/previews/)"]
+    for s in empty:
+        reasons = ", ".join(sorted({e["reason"] for e in s["excluded"]}))
+        lines.append(f"  group {s['group']}: no stack, every frame was excluded ({reasons})")
     qc_path = workdir / "results/qc/frames.tsv"
     if qc_path.exists():
         excluded = [r for r in _rows(qc_path) if r["status"] != "ok"]

@@ -193,9 +193,7 @@ def stack_file(selection_path, output, *, group, mem_limit_mb=2000, **params):
         provenance.add_step(header, "STKGROUP", group)
         _empty_product(output, header, selection, "stack")
         return
-    result = stack.stack_files(
-        [f["aligned"] for f in chosen], mem_limit_mb=mem_limit_mb, **params
-    )
+    result = stack.stack_files([f["aligned"] for f in chosen], mem_limit_mb=mem_limit_mb, **params)
     header = result.header
     provenance.stamp(header, "STACK")
     provenance.add_step(header, "STKGROUP", group)
@@ -248,9 +246,9 @@ def raw_stack_file(selection_path, output, *, group):
     _write_stack(output, mean, header, None, mask, count)
 
 
-def preview_file(stack_path, raw_stack_path, output, *, title=""):
+def preview_file(stack_path, raw_stack_path, selection_path, output, *, title=""):
     """PNG: raw stack beside calibrated stack, each with a zscale stretch; for a group
-    without a stack, a page that says so and why."""
+    without a stack, a picture that says so and why (from the group's selection)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,6 +256,8 @@ def preview_file(stack_path, raw_stack_path, output, *, title=""):
     from astropy.io import fits
     from astropy.visualization import ZScaleInterval
 
+    selection = _read_selection(selection_path)
+    why = [f"{e['frame']}: {e['reason']}" for e in selection["excluded"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), constrained_layout=True)
     for ax, path, label in (
         (axes[0], raw_stack_path, "raw frames, aligned and averaged"),
@@ -265,13 +265,11 @@ def preview_file(stack_path, raw_stack_path, output, *, title=""):
     ):
         with fits.open(path) as hdul:
             data = hdul[0].data
-            header = hdul[0].header
         ax.set_xticks([])
         ax.set_yticks([])
-        if data is None or data.size == 0:
-            reasons = sorted({str(v).split(": ", 1)[-1] for k, v in header.items() if k[:4] == "EXCL"})
-            ax.text(0.5, 0.5, "no image: every frame excluded\n" + "\n".join(reasons),
-                    ha="center", va="center", transform=ax.transAxes)
+        if data is None:
+            text = "\n".join(["no image: every frame was excluded", *why[:20]])
+            ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
             ax.set_title(label + " (empty)")
             continue
         lo, hi = ZScaleInterval().get_limits(data)

@@ -37,6 +37,26 @@ def test_amateur_camera(tmp_path):
     assert {f["filter"] for f in frames if f["imagetyp"] == "light"} == {"V", "R"}
     assert {f["gain"] for f in frames} == {"1.5"}  # EGAIN, not the GAIN setting
     _assert_noise_limited(truth, work)
+    # the frame job's cosmic-ray step and uncertainty plane use that gain (issue 11: the
+    # old chain read the raw GAIN card by name)
+    import json
+
+    import numpy as np
+    from astropy.io import fits
+
+    from ccdflow import bits
+
+    recall = []
+    for path in sorted((work / "results/records").glob("*.json")):
+        record = json.loads(path.read_text())
+        assert record["detector"]["gain"]["value"] == 1.5 and record["unit"] == "electron"
+        assert record["status"] == "ok"
+        with fits.open(work / "results/calibrated" / f"{path.stem}.fits") as hdul:
+            flagged = (hdul["MASK"].data & bits.COSMIC) != 0
+        hits = truth["cosmics"][path.stem]
+        recall.append(np.count_nonzero(flagged & hits) / max(np.count_nonzero(hits), 1))
+        assert np.count_nonzero(flagged & ~hits) <= 0.2 * np.count_nonzero(hits) + 5
+    assert np.median(recall) > 0.9
 
 
 def test_camera_without_imagetyp_and_two_nights(tmp_path):

@@ -106,7 +106,7 @@ def test_stack_noise_matches_an_independent_plain_mean(run):
 def test_stack_fwhm_within_ten_percent_of_single_frames(run):
     singles = [
         fwhm(fits.getdata(p), fits.getdata(p, "MASK"))
-        for p in sorted((run / "results/cleaned").glob("M51_I_*.fits"))
+        for p in sorted((run / "results/calibrated").glob("M51_I_*.fits"))
     ]
     with fits.open(run / f"results/stacks/{GROUP}.fits") as hdul:
         stacked = fwhm(hdul[0].data, hdul["COVERAGE"].data < 15)

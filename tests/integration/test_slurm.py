@@ -96,14 +96,14 @@ def test_the_night_is_reduced_through_slurm(slurm_run):
 
 
 def test_per_frame_chains_are_bundled_into_few_slurm_jobs(slurm_run):
-    # 8 frames x (calibrate, clean, align) = 24 jobs become one group job (up to 50
-    # frames' chains per Slurm job), so a big night does not flood the queue
+    # 8 frame jobs become one group job (up to 50 frames per Slurm job), so a big night
+    # does not flood the queue
     log = slurm_run["log"]
     groups = re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/group_frames_", log)
-    singles = re.findall(r"slurm_logs/rule_(calibrate_frame|clean_cosmics|align_frame)/", log)
+    singles = re.findall(r"slurm_logs/rule_process_frame/", log)
     assert not singles
-    # the chains of a stack group are connected (through its reference frame): at most
-    # one group job per stack group, and group-components 50 lets them share one
+    # the frame jobs of a stack group are connected (through its reference's record): at
+    # most one group job per stack group, and group-components 50 lets them share one
     assert 1 <= len(groups) <= 4
 
 

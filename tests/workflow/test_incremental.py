@@ -72,7 +72,8 @@ class Night:
 
     def plan(self, *configfiles):
         """Dry run: rule -> number of jobs (without the 'all' target)."""
-        proc = snakemake(self.work, "-n", *self._configs(configfiles), config={"raw_dir": self.raw})
+        args = self._configs(configfiles)
+        proc = snakemake(self.work, "-n", *args, config={"raw_dir": self.raw})
         if "Nothing to be done" in proc.stdout + proc.stderr:
             return {}
         return {k: v for k, v in planned_jobs(proc.stdout).items() if k != "all"}
@@ -187,9 +188,7 @@ def test_excluding_one_frame_reruns_its_group_only(night, tmp_path):
     night.run()
     qc = {r["frame"]: r for r in read_tsv(night.work / "results/qc/frames.tsv")}
     assert qc["light_M13demo_V_060s_002"]["reason"] == "excluded_by_config"
-    assert [r["frame"] for r in qc.values() if r["status"] != "ok"] == [
-        "light_M13demo_V_060s_002"
-    ]
+    assert [r["frame"] for r in qc.values() if r["status"] != "ok"] == ["light_M13demo_V_060s_002"]
 
 
 def test_new_bias_reruns_everything_downstream(night):

@@ -59,7 +59,7 @@ def runs(tmp_path_factory):
 def test_library_masters_are_used_not_remade(runs):
     jobs = planned_jobs(runs["dry"].stdout)
     assert not any(rule.startswith("make_master") for rule in jobs)
-    assert jobs["calibrate_frame"] == len(runs["lights"])
+    assert jobs["process_frame"] == len(runs["lights"])
     assert not (runs["second"] / "results/masters").exists()
     assert "Nothing to be done" in runs["again"].stdout + runs["again"].stderr
 

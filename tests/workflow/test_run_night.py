@@ -47,9 +47,8 @@ def test_dry_run_plans_the_whole_night(run):
         "make_master_bias": 1,
         "make_master_dark": 1,
         "make_master_flat": 2,
-        "calibrate_frame": 8,
-        "clean_cosmics": 8,
-        "align_frame": 8,
+        "process_frame": 8,
+        "select_frames": 4,
         "stack_group": 4,
         "stack_raw_group": 4,
         "make_preview": 4,
@@ -86,8 +85,27 @@ def test_products_and_provenance(run, night):
         assert h["NCOMBINE"] == 5 and h["IMCMB001"].startswith("flat_V_")
         assert h["COMBMETH"] == "sigma_clip_median" and h["CLIPSIG"] == "winsorized"
         assert h["BIASCORR"] == "bias_1x1_128x96.fits"
-    # one log per job
-    assert len(list((work / "logs/calibrate_frame").glob("*.log"))) == 8
+    # one log per job, saying which step it was in and how long each took
+    logs = sorted((work / "logs/process_frame").glob("*.log"))
+    assert len(logs) == 8
+    assert re.search(r"cosmics done in \d+\.\d+ s", logs[0].read_text())
+
+
+def test_every_frame_has_a_record_with_units_and_sources(run):
+    import json
+
+    work = run["work"]
+    for path in sorted((work / "results/records").glob("*.json")):
+        record = json.loads(path.read_text())
+        assert record["status"] == "ok" and record["unit"] == "electron"
+        det = record["detector"]
+        assert det["gain"] == {"value": 1.5, "unit": "electron/adu", "source": "header"}
+        assert det["read_noise"]["unit"] == "electron" and det["read_noise"]["value"] > 0
+        assert record["cosmics"]["method"].startswith("astroscrappy")
+        assert len(record["alignment"]["matrix"]) == 3 and record["alignment"]["ok"]
+        assert record["sky"]["unit"] == "electron" and record["sky"]["value"] > 0
+        assert set(record["seconds"]) >= {"read", "calibrate", "cosmics", "total"}
+    assert len(list((work / "results/records").glob("*.json"))) == 8
 
 
 def test_one_stack_per_group_with_provenance(run):
@@ -192,21 +210,33 @@ def test_a_frame_that_cannot_be_aligned_is_excluded_and_the_run_goes_on(night, t
         h = hdul[0].header
         assert h["NCOMBINE"] == 2 and h["NEXCLUDE"] == 1
         assert h["EXCL001"].startswith("light_M13demo_V_060s_003: ")
+    # no full-size placeholder: the rejected frame's aligned file holds no image
+    with fits.open(work / "results/aligned/light_M13demo_V_060s_003.fits") as hdul:
+        assert hdul[0].data is None and hdul[0].header["QCSTATUS"] == "rejected"
+    selection = (work / "results/selection/M13demo_V_60.json").read_text()
+    assert (
+        '"light_M13demo_V_060s_003"' in selection
+        and qc["light_M13demo_V_060s_003"]["reason"] in selection
+    )
 
 
-def test_with_cosmics_disabled_there_is_no_clean_job(night, tmp_path):
-    # a cleaning job that only copies the frame would cost a process start per frame
+def test_with_cosmics_disabled_the_frame_job_skips_the_cleaning(night, tmp_path):
+    import json
+
+    import numpy as np
+
+    from ccdflow import bits
+
     layer = tmp_path / "no_cosmics.yaml"
     layer.write_text("cosmics:\n  enabled: false\n")
     raw = night["raw_dir"]
-    dry = snakemake(tmp_path, "-n", configfiles=[layer], config={"raw_dir": raw})
-    jobs = planned_jobs(dry.stdout)
-    assert "clean_cosmics" not in jobs
-    assert jobs["calibrate_frame"] == jobs["align_frame"] == 8
     snakemake(
         tmp_path, "results/stacks/M13demo_V_60.fits", configfiles=[layer], config={"raw_dir": raw}
     )
-    assert not (tmp_path / "results/cleaned").exists()
     header = fits.getheader(tmp_path / "results/stacks/M13demo_V_60.fits")
-    assert header["CRMETHOD"] == "none (cleaning disabled)"
+    assert header["CRMETHOD"] == "none"
     assert header["NCOMBINE"] == 2
+    for path in (tmp_path / "results/records").glob("light_M13demo_V_060s_*.json"):
+        assert json.loads(path.read_text())["cosmics"] == {"method": "none"}
+        mask = fits.getdata(tmp_path / "results/calibrated" / f"{path.stem}.fits", "MASK")
+        assert not np.any(mask & bits.COSMIC)

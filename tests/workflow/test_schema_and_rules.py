@@ -52,9 +52,14 @@ def test_every_config_key_is_documented_in_the_schema():
 
 
 def test_rules_are_verb_object_and_have_their_script():
-    assert {"make_master_bias", "make_master_dark", "make_master_flat", "calibrate_frame"} <= set(
-        RULES
-    )
+    assert {
+        "make_master_bias",
+        "make_master_dark",
+        "make_master_flat",
+        "process_frame",
+        "select_frames",
+        "stack_group",
+    } <= set(RULES)
     for rule in RULES:
         assert re.fullmatch(r"[a-z]+(_[a-z]+)+", rule), rule
         script = REPO / "scripts" / f"{rule}.py"

@@ -47,6 +47,7 @@ rule make_preview:
     input:
         stack="results/stacks/{group}.fits",
         raw_stack="results/stacks/raw/{group}.fits",
+        selection="results/selection/{group}.json",
     output:
         png="results/qc/previews/{group}.png",
     log:
