@@ -39,6 +39,31 @@ def snakemake(workdir, *args, config=None, configfiles=(), check=True):
     return proc
 
 
+def calibrate_light(raw, out_dir, *, bias=None, dark=None, flat=None, dark_scale=1.0, **detector):
+    """Calibrate one raw light with the frame job (cosmic-ray cleaning off, the frame its
+    own reference); return the path of the calibrated product. ``detector``: ``gain``,
+    ``read_noise``, ``saturation``."""
+    from ccdflow.framejob import process_frame
+
+    out_dir = Path(out_dir)
+    name = Path(raw).stem
+    process_frame(
+        raw,
+        0,
+        frame=name,
+        group="test",
+        calibrated_path=out_dir / f"{name}.calibrated.fits",
+        aligned_path=out_dir / f"{name}.aligned.fits",
+        record_path=out_dir / f"{name}.json",
+        masters={"bias": bias, "dark": dark, "flat": flat},
+        calibration={"dark_scale": dark_scale, **detector},
+        cosmics={"enabled": False},
+        align={},
+        reference=name,
+    )
+    return out_dir / f"{name}.calibrated.fits"
+
+
 def read_tsv(path):
     """Rows of a TSV written by ccdflow as dicts of strings."""
     lines = Path(path).read_text().splitlines()

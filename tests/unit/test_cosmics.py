@@ -8,7 +8,8 @@ from scipy import ndimage
 from ccdflow import bits, demo
 from ccdflow.cosmics import clean_cosmics
 from ccdflow.io import read_product
-from ccdflow.tasks import calibrate_file, make_master_file
+from ccdflow.tasks import make_master_file
+from conftest import calibrate_light
 
 COMBINE = {"method": "sigma_clip", "sigma_low": 3.0, "sigma_high": 3.0, "maxiters": 5}
 #: One 120 s V light with 40 bright, mostly unsaturated stars (peaks 1e4 to 9e4 e-) and
@@ -57,10 +58,9 @@ def frame(tmp_path_factory):
     )
     (light,) = by_type["light"]
     t = light["exptime"]
-    calibrate_file(
+    path = calibrate_light(
         raw / light["file"],
-        0,
-        out / "calibrated.fits",
+        out,
         bias=bias,
         dark=dark,
         dark_scale=t / t_dark,
@@ -69,7 +69,7 @@ def frame(tmp_path_factory):
         read_noise=spec["read_noise"],
         saturation=spec["saturation"],
     )
-    data, header, _, mask = read_product(out / "calibrated.fits")
+    data, header, _, mask = read_product(path)
     assert header["BUNIT"] == "electron"
     signal = (demo.expected_electrons(truth, light) - truth["dark_rate"] * t) / truth["flat"]["V"]
     cosmic = truth["cosmics"][light["file"].rsplit(".", 1)[0]]

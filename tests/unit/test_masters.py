@@ -5,7 +5,8 @@ import pytest
 
 from ccdflow import bits, demo
 from ccdflow.io import read_product
-from ccdflow.tasks import calibrate_file, make_master_file
+from ccdflow.tasks import make_master_file
+from conftest import calibrate_light
 
 COMBINE = {"method": "sigma_clip", "sigma_low": 3.0, "sigma_high": 3.0, "maxiters": 5}
 FLAT_COMBINE = {**COMBINE, "method": "sigma_clip_median"}
@@ -102,11 +103,9 @@ def test_calibrated_light_matches_truth_within_its_uncertainty(night):
         f for f in night["by_type"]["light"] if f["filter"] == "V" and f["exptime"] == 120
     )
     t_dark = night["by_type"]["dark"][0]["exptime"]
-    out = night["out"] / "calibrated.fits"
-    calibrate_file(
+    out = calibrate_light(
         truth["raw_dir"] / light["file"],
-        0,
-        out,
+        night["out"],
         bias=night["masters"] / "bias.fits",
         dark=night["masters"] / "dark.fits",
         dark_scale=light["exptime"] / t_dark,
