@@ -207,10 +207,9 @@ def _write_no_pixels(path, header, status, reason, detail):
     provenance.add_step(header, "QCSTATUS", status)
     provenance.add_step(header, "QCREASON", reason)
     header.add_comment(f"no image: {reason}: {detail}"[:4000])
-    empty = np.zeros((0, 0), np.float32)
     from ccdflow import io
 
-    return io.write_hdulist(path, io.ccd_hdulist(empty, header))
+    return io.write_hdulist(path, io.ccd_hdulist(None, header))
 
 
 def process_frame(

@@ -248,13 +248,18 @@ def _finite(data, header):
 
 
 def ccd_hdulist(data, header, uncertainty=None, mask=None, unit=None):
-    """Build the ``CCDData``-layout HDU list of a product (does not write)."""
+    """Build the ``CCDData``-layout HDU list of a product (does not write).
+
+    ``data=None`` gives a header-only primary HDU (``NAXIS = 0``): a product that has no
+    image, e.g. a rejected frame's aligned file or the stack of an empty group.
+    """
     from astropy.io import fits
 
     header = header.to_astropy() if isinstance(header, Header) else header.copy()
     if unit is not None:
         header["BUNIT"] = (unit, "unit of the data and uncertainty")
-    primary = fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header)
+    pixels = None if data is None else np.asarray(data, dtype=np.float32)
+    primary = fits.PrimaryHDU(pixels, header=header)
     hdus = [primary]
     if uncertainty is not None:
         uh = fits.Header()

@@ -169,7 +169,7 @@ def _empty_product(output, header, selection, what):
     _record_exclusions(header, selection)
     reasons = sorted({e["reason"] for e in selection["excluded"]})
     header.add_comment(f"no {what}: every frame was excluded ({', '.join(reasons)})")
-    io.write_hdulist(output, io.ccd_hdulist(np.zeros((0, 0), np.float32), header))
+    io.write_hdulist(output, io.ccd_hdulist(None, header))
     log.warning(
         "group %s: no %s, every frame was excluded (%s)", selection["group"], what, reasons
     )

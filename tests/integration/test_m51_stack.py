@@ -1,6 +1,7 @@
 """The real M51 night: 18 frames aligned, one I-band 200 s stack, judged by its noise and
 its stellar FWHM against independent measurements made here."""
 
+import json
 import warnings
 
 import numpy as np
@@ -80,8 +81,9 @@ def test_one_stack_with_provenance(run):
 
 
 def test_stack_noise_matches_an_independent_plain_mean(run):
-    frames = sorted((run / f"results/aligned/{GROUP}").glob("*.fits"))
-    assert len(frames) == 18
+    selection = json.loads((run / f"results/selection/{GROUP}.json").read_text())
+    frames = [run / s["aligned"] for s in selection["selected"]]
+    assert len(frames) == 18 and selection["excluded"] == []
     data = np.array([fits.getdata(f) for f in frames], dtype=np.float64)
     masks = np.array([fits.getdata(f, "MASK") for f in frames]) != 0
     with warnings.catch_warnings():
