@@ -1,5 +1,13 @@
 """Per-frame alignment cost and accuracy: ``find_transform``, ``resample``, ``align_file``.
 
+``align_file`` is the alignment part of the frame job (``framejob.process_frame``): read a
+cleaned product, its star list (``align.star_list``), the match against the reference's
+star list (``align.match``, what the record carries), ``align.resample`` and the write of
+the aligned product. The reference's star list is computed in the same call, as the
+reference's own frame job does once per group. (Before the frame job this was
+``align_file`` in its own ``align_frame`` job; ``--before`` must point at a checkout
+that has ``align.star_list``.)
+
 A pair of cleaned-frame products of ``--size`` px (default 2048 x 2048, the benchmark
 night's size) is generated once: 600 stars (per 2048^2) of FWHM 3 px with the demo's flux
 law, sky, Poisson and read noise in electrons, saturated cores flagged ``SATURATED``, ~1000
@@ -11,8 +19,8 @@ does; the variants (this checkout, and ``--before`` another checkout's ``scripts
 folder, e.g. a ``git worktree`` of the previous commit) alternate within each repeat, in
 alternating order, so load on a shared machine hits them alike. Per process:
 
-- ``job``: a process that does what one ``align_frame`` job does (interpreter start,
-  ``import ccdflow.tasks``, one ``align_file`` of the source frame) and exits; wall time
+- ``job``: a process that does the alignment part of one frame job (interpreter start,
+  ``import ccdflow.align``, one ``align_file`` of the source frame) and exits; wall time
   measured by the parent, CPU time (user + system) of the child;
 - then, in a second process: ``align_file_first``, the first ``align_file`` call
   (reading both frames, finding, resampling, writing; it includes the imports the task
@@ -20,7 +28,7 @@ alternating order, so load on a shared machine hits them alike. Per process:
   with everything imported, for the source frame and for the reference onto itself (the
   identity: one frame in each group); ``find_transform`` and ``resample``, the two
   library calls alone on data in memory;
-- ``imports``: in a third process, after ``import ccdflow.tasks``, importing the modules
+- ``imports``: in a third process, after ``import ccdflow.align``, importing the modules
   the first ``align_file`` call imported (``sep``, ``scipy.ndimage``, ... as listed by
   the second process), alone.
 
@@ -60,7 +68,20 @@ t_start = time.perf_counter()
 sys.path.insert(0, sys.argv[1])
 src, ref, out = sys.argv[2], sys.argv[3], sys.argv[4]
 import numpy as np
-from ccdflow import tasks
+from ccdflow import align, io
+
+
+def align_file(src, ref, out, reference_name, **params):
+    detect = {k: params[k] for k in ("detection_sigma", "max_sharpness") if k in params}
+    keys = ("detection_sigma", "min_matches", "max_scale_error", "max_residual")
+    d, h, u, m = io.read_product(src, fast=True)
+    r, _, _, rm = io.read_product(ref, fast=True)
+    stars = align.star_list(d, m, **detect)
+    ref_stars = align.star_list(r, rm, **detect)
+    result = align.match(stars, ref_stars, **{k: params[k] for k in keys if k in params})
+    data, unc, mask = align.resample(d, u, m, result.matrix, r.shape)
+    io.write_product(out, data, h, unc, mask)
+    return result
 
 
 def timed(f, *a, **kw):
@@ -71,7 +92,7 @@ def timed(f, *a, **kw):
 
 params = dict(detection_sigma=5.0, min_matches=6, max_scale_error=0.02, max_residual=0.5,
               max_sharpness=0.7)
-res = {"import_tasks_s": time.perf_counter() - t_start}
+res = {"import_align_s": time.perf_counter() - t_start}
 if sys.argv[5] == "imports":  # the modules the task imports on first use, in order
     import importlib
     w, c = time.perf_counter(), time.process_time()
@@ -85,16 +106,15 @@ if sys.argv[5] == "imports":  # the modules the task imports on first use, in or
     sys.exit(0)
 loaded = set(sys.modules)
 _, res["align_file_first_wall"], res["align_file_first_cpu"] = timed(
-    tasks.align_file, src, ref, out, reference_name="ref", **params)
+    align_file, src, ref, out, reference_name="ref", **params)
 res["lazy_modules"] = [m for m in list(sys.modules) if m not in loaded]
-if sys.argv[5] == "job":  # what one align_frame job does
+if sys.argv[5] == "job":  # the alignment part of one frame job
     print("RESULT " + json.dumps(res))
     sys.exit(0)
 _, res["align_file_wall"], res["align_file_cpu"] = timed(
-    tasks.align_file, src, ref, out + ".2.fits", reference_name="ref", **params)
+    align_file, src, ref, out + ".2.fits", reference_name="ref", **params)
 _, res["align_file_reference_wall"], res["align_file_reference_cpu"] = timed(
-    tasks.align_file, ref, ref, out + ".3.fits", reference_name="ref", **params)
-from ccdflow import align, io
+    align_file, ref, ref, out + ".3.fits", reference_name="ref", **params)
 d, _, u, m = io.read_product(src, fast=True)
 r, _, _, rm = io.read_product(ref, fast=True)
 result, res["find_transform_wall"], res["find_transform_cpu"] = timed(
@@ -258,7 +278,7 @@ def main(argv=None):
     }
     for name, rs in runs.items():
         out = {}
-        out["import_tasks_s"] = summary([r["import_tasks_s"] for r in rs])
+        out["import_align_s"] = summary([r["import_align_s"] for r in rs])
         for key in ("job", *TIMES):
             out[f"{key}_wall_s"] = summary([r[f"{key}_wall"] for r in rs])
             out[f"{key}_cpu_s"] = summary([r[f"{key}_cpu"] for r in rs])

@@ -13,9 +13,10 @@ of processing that one frame plus re-stacking its group.
    repeats the frame is removed again, its products deleted, and the workflow run
    without it.)
 4. ``baseline_s`` is what the issue compares with: the processing of that one frame and
-   the re-stacking of its group, i.e. the run times of its calibrate_frame,
-   clean_cosmics, align_frame and stack_group jobs from their ``benchmark:`` files
-   (each is the wall time of the job's own process, start-up included).
+   the re-stacking of its group, i.e. the run times of its frame job (``process_frame``:
+   calibrate, clean, align) and of its group's ``select_frames`` and ``stack_group`` jobs
+   from their ``benchmark:`` files (each is the wall time of the job's own process,
+   start-up included).
    ``ratio = incremental_s / baseline_s``.
 
 Steps 3-4 are repeated ``--repeat`` times; the run without the frame between repeats is
@@ -80,8 +81,8 @@ def _forget(work, frame_id):
     would otherwise still be there and up to date, and rightly not be made again)."""
     for pattern in (
         f"results/calibrated/{frame_id}.fits",
-        f"results/cleaned/{frame_id}.fits",
-        f"results/aligned/*/{frame_id}.fits",
+        f"results/aligned/{frame_id}.fits",
+        f"results/records/{frame_id}.json",
     ):
         for path in work.glob(pattern):
             path.unlink()
@@ -138,16 +139,12 @@ def main(argv=None):
         jobs = _jobs_run(log)
         ids = [f for f in os.listdir(work / "results/calibrated") if f.startswith(stem)]
         frame_id = ids[0].removesuffix(".fits")
-        group = next(
-            line.split("\t")[1]
-            for line in (work / "results/qc/frames.tsv").read_text().splitlines()
-            if line.startswith(frame_id + "\t")
-        )
+        record = json.loads((work / f"results/records/{frame_id}.json").read_text())
+        group = record["group"]
         bench = work / "benchmarks"
         parts = {
-            "calibrate_frame": _bench_seconds(bench / f"calibrate_frame/{frame_id}.tsv"),
-            "clean_cosmics": _bench_seconds(bench / f"clean_cosmics/{frame_id}.tsv"),
-            "align_frame": _bench_seconds(bench / f"align_frame/{group}/{frame_id}.tsv"),
+            "process_frame": _bench_seconds(bench / f"process_frame/{frame_id}.tsv"),
+            "select_frames": _bench_seconds(bench / f"select_frames/{group}.tsv"),
             "stack_group": _bench_seconds(bench / f"stack_group/{group}.tsv"),
         }
         baseline = sum(parts.values())

@@ -36,6 +36,8 @@ rule select_frames:
         selection="results/selection/{group}.json",
     log:
         "logs/select_frames/{group}.log",
+    benchmark:
+        "benchmarks/select_frames/{group}.tsv"
     conda:
         "../../envs/ccdflow.yaml"
     params:
