@@ -287,11 +287,11 @@ def write_product(path, data, header, uncertainty=None, mask=None, unit=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(header, Header):
         try:
-            content = _fast_product_bytes(data, header, uncertainty, mask, unit)
+            parts = _fast_product_parts(data, header, uncertainty, mask, unit)
         except _Unsupported:
             pass
         else:
-            return _write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
+            return _write_atomic(path, lambda tmp: _write_parts(tmp, parts))
     return write_hdulist(path, ccd_hdulist(data, header, uncertainty, mask, unit))
 
 
@@ -825,8 +825,19 @@ def _fast_read_product(path):
     return data, header.copy(), unc, mask
 
 
-def _hdu_bytes(first_cards, header, data, last_cards=()):
-    """Header text + data of one HDU, as ``astropy`` writes them; _Unsupported if odd."""
+def _write_parts(path, parts):
+    """Write byte strings and arrays (through the buffer protocol, no copy) in order."""
+    with open(path, "wb") as fh:
+        for part in parts:
+            fh.write(part)
+
+
+def _hdu_parts(first_cards, header, data, last_cards=()):
+    """Header text, big-endian data and padding of one HDU, as ``astropy`` writes them.
+
+    Raises _Unsupported if the HDU is unusual. The data part is an array (one
+    byte-swapped copy of ``data``), written as it is: no ``tobytes`` or join copies.
+    """
     data = np.asarray(data)
     bitpix = {np.dtype(np.float32): -32, np.dtype(np.uint16): 16}.get(data.dtype)
     if bitpix is None:
@@ -850,24 +861,23 @@ def _hdu_bytes(first_cards, header, data, last_cards=()):
     text += "END".ljust(80)
     text += " " * (-len(text) % _BLOCK)
     if bitpix == 16:  # unsigned: stored minus 32768, i.e. with the sign bit flipped
-        body = (data ^ np.uint16(0x8000)).astype(">u2").tobytes()
+        body = (data ^ np.uint16(0x8000)).astype(">u2")
     else:
-        body = data.astype(">f4").tobytes()
-    return text.encode("ascii") + body + b"\0" * (-len(body) % _BLOCK)
+        body = data.astype(">f4")
+    body = np.ascontiguousarray(body)
+    return [text.encode("ascii"), body, b"\0" * (-body.nbytes % _BLOCK)]
 
 
-def _fast_product_bytes(data, header, uncertainty, mask, unit):
+def _fast_product_parts(data, header, uncertainty, mask, unit):
     header = header.copy()
     if unit is not None:
         header["BUNIT"] = (unit, "unit of the data and uncertainty")
     data = np.asarray(data, dtype=np.float32)
-    parts = [
-        _hdu_bytes(
-            [["SIMPLE", True, "conforms to FITS standard", None], ["EXTEND", True, "", None]],
-            header,
-            data,
-        )
-    ]
+    parts = _hdu_parts(
+        [["SIMPLE", True, "conforms to FITS standard", None], ["EXTEND", True, "", None]],
+        header,
+        data,
+    )
     xtension = ["XTENSION", "IMAGE", "Image extension", None]
     counts = [["PCOUNT", 0, "number of parameters", None], ["GCOUNT", 1, "number of groups", None]]
     if uncertainty is not None:
@@ -877,12 +887,12 @@ def _fast_product_bytes(data, header, uncertainty, mask, unit):
             uh["BUNIT"] = unit
         extname = [["EXTNAME", "UNCERT", "extension name", None]]
         unc = np.asarray(uncertainty, np.float32)
-        parts.append(_hdu_bytes([xtension, *counts], uh, unc, extname))
+        parts += _hdu_parts([xtension, *counts], uh, unc, extname)
     if mask is not None:
         mh = Header()
         for key, value, comment in bits.header_cards():
             mh[key] = (value, comment)
         extname = [["EXTNAME", "MASK", "extension name", None]]
         mask = np.asarray(mask, bits.MASK_DTYPE)
-        parts.append(_hdu_bytes([xtension, *counts], mh, mask, extname))
-    return b"".join(parts)
+        parts += _hdu_parts([xtension, *counts], mh, mask, extname)
+    return parts
