@@ -18,7 +18,11 @@ Inputs are products on one common pixel grid (``CCDData`` layout: float32 data,
 
 The uncertainty is propagated from the ``UNCERT`` planes of the survivors:
 ``sqrt(sum w_i**2 sigma_i**2) / sum w_i`` (times sqrt(pi/2) for medians). The coverage
-map counts the survivors; pixels with none get ``bits.NOT_COVERED`` and value 0.
+map counts the survivors. A pixel with none where some frame holds a cosmic-ray pixel that
+was cleaned (only ``bits.COSMIC`` among ``reject_bits``: a one-frame stack, or every frame
+hit there) takes the mean of those cleaned values and their propagated uncertainty, and is
+flagged ``bits.COSMIC`` (coverage 0: no unflagged value). Other pixels with none get
+``bits.NOT_COVERED`` and value 0.
 
 Memory: the frames are read in row bands sized by :func:`ccdflow.combine.band_rows`,
 each byte of each input once, with positional reads (no memory map, so the resident
@@ -198,13 +202,19 @@ class _Product:
                 )
 
     def rows(self, y0, y1, reject_bits):
-        """Data, uncertainty and a boolean 'do not use' plane for rows ``y0:y1``."""
+        """Data, uncertainty, a boolean 'do not use' plane for rows ``y0:y1``, and the
+        plane of cleaned cosmic-ray pixels (finite, and ``bits.COSMIC`` the only one of
+        ``reject_bits`` set)."""
         data = self.data.rows(y0, y1)
         unc = self.uncert.rows(y0, y1).astype(np.float32, copy=False)
         bad = ~(np.isfinite(data) & np.isfinite(unc))
+        cleaned = np.zeros(bad.shape, bool)
         if self.mask is not None:
-            bad |= (self.mask.rows(y0, y1) & reject_bits) != 0
-        return data, unc, bad
+            bits_set = self.mask.rows(y0, y1) & reject_bits
+            if reject_bits & bits.COSMIC:
+                cleaned = (bits_set == bits.COSMIC) & ~bad
+            bad |= bits_set != 0
+        return data, unc, bad, cleaned
 
     def sample(self, step, reject_bits, col_step=1):
         """Like :meth:`rows` for every ``step``-th row and ``col_step``-th column."""
@@ -256,6 +266,18 @@ def _frame_levels(product, reject_bits, need_sky, need_weight):
             raise FrameError(product.path, "no_uncertainty", "UNCERT is 0 everywhere")
         variance = float(np.median(var))
     return sky, variance
+
+
+def _cleaned_mean(values, sigmas, cleaned):
+    """Mean of the cleaned cosmic-ray values per pixel, its uncertainty and their count
+    (None when the band has none): the value of a pixel that no frame covers otherwise."""
+    if not cleaned.any():
+        return None
+    count = cleaned.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(cleaned, values, 0).sum(axis=0) / count
+        err = np.sqrt(np.where(cleaned, sigmas * sigmas, 0).sum(axis=0)) / count
+    return mean.astype(np.float32), err.astype(np.float32), count
 
 
 def _combine_band(stack, unc, bad, weights, method, clip):
@@ -397,6 +419,7 @@ def stack_files(
     data = np.empty((ny, nx), np.float32)
     unc = np.empty((ny, nx), np.float32)
     coverage = np.empty((ny, nx), np.int16)
+    from_cleaned = np.zeros((ny, nx), bool)
     outputs_mb = ny * nx * _OUTPUT_BYTES / 2**20
     step = band_rows(n, nx, ny, max(mem_limit_mb - outputs_mb, 0), overhead=_BAND_OVERHEAD)
     for y0 in range(0, ny, step):
@@ -404,16 +427,24 @@ def stack_files(
         values = np.empty((n, y1 - y0, nx), np.float32)
         sigmas = np.empty((n, y1 - y0, nx), np.float32)
         bad = np.empty((n, y1 - y0, nx), bool)
+        cleaned = np.empty((n, y1 - y0, nx), bool)
         for i, p in enumerate(products):
-            values[i], sigmas[i], bad[i] = p.rows(y0, y1, reject_bits)
+            values[i], sigmas[i], bad[i], cleaned[i] = p.rows(y0, y1, reject_bits)
             values[i] += offsets[i]
+        fallback = _cleaned_mean(values, sigmas, cleaned)
         values[bad] = 0  # masked values may be NaN; they are never used
         data[y0:y1], unc[y0:y1], coverage[y0:y1] = _combine_band(
             values, sigmas, bad, weights, method, clip
         )
-        del values, sigmas, bad
+        if fallback is not None:
+            use = (coverage[y0:y1] == 0) & (fallback[2] > 0)
+            data[y0:y1][use] = fallback[0][use]
+            unc[y0:y1][use] = fallback[1][use]
+            from_cleaned[y0:y1] = use
+        del values, sigmas, bad, cleaned, fallback
 
     mask = np.where(coverage == 0, bits.NOT_COVERED, 0).astype(bits.MASK_DTYPE)
+    mask[from_cleaned] = bits.COSMIC
     header = _header(products, method, clip, scale, weight, reject_bits, sky)
     return StackResult(data, unc, mask, coverage, header, sky=sky, weights=weights)
 

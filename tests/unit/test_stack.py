@@ -147,6 +147,39 @@ def test_masks_are_honoured(tmp_path):
     assert kept.header["REJBITS"] == stack.ALL_BITS & ~int(bits.SATURATED)
 
 
+def test_a_pixel_only_cleaned_cosmic_rays_cover_takes_their_cleaned_value(tmp_path):
+    # A one-frame stack (and a pixel hit in every frame) has no unflagged value at a
+    # cosmic-ray pixel; the frames hold its cleaned value: use it, flagged COSMIC.
+    sigma, sky, shape = 10.0, 100.0, (60, 70)
+    rng = np.random.default_rng(3)
+    frames = []
+    for i in range(2):
+        data = sky + sigma * rng.standard_normal(shape)
+        mask = np.zeros(shape, bits.MASK_DTYPE)
+        mask[20, 30] |= bits.COSMIC  # hit (and cleaned) in both frames
+        mask[40, 10 + i] |= bits.COSMIC  # hit in one frame only
+        mask[5, 5] |= bits.COSMIC | bits.SATURATED  # not just a cleaned cosmic ray
+        frames.append((data.astype(np.float32), mask))
+    paths = [_write(tmp_path, f"k{i}.fits", d, sigma, m) for i, (d, m) in enumerate(frames)]
+
+    single = stack_files(paths[:1])
+    data0, mask0 = frames[0]
+    cosmic = mask0 == bits.COSMIC
+    np.testing.assert_array_equal(single.data[cosmic], data0[cosmic])
+    np.testing.assert_allclose(single.uncertainty[cosmic], sigma, rtol=1e-6)
+    assert (single.mask[cosmic] == bits.COSMIC).all() and (single.coverage[cosmic] == 0).all()
+    assert single.data[5, 5] == 0 and single.mask[5, 5] == bits.NOT_COVERED
+    assert np.count_nonzero(single.mask) == 3
+
+    pair = stack_files(paths, method="mean")
+    assert pair.data[20, 30] == pytest.approx((frames[0][0][20, 30] + frames[1][0][20, 30]) / 2)
+    assert pair.uncertainty[20, 30] == pytest.approx(sigma / np.sqrt(2), rel=1e-6)
+    assert pair.mask[20, 30] == bits.COSMIC
+    # where the other frame has an unflagged value, that value alone is used
+    assert pair.data[40, 10] == frames[1][0][40, 10] and pair.mask[40, 10] == 0
+    assert pair.coverage[40, 10] == 1
+
+
 def test_bands_give_the_same_result_and_read_each_row_once(tmp_path, monkeypatch):
     rng = np.random.default_rng(5)
     paths = _noise_frames(tmp_path, 6, rng.uniform(90, 110, 6), rng.uniform(8, 12, 6))
