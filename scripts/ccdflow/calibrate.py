@@ -182,6 +182,23 @@ def _open_all(frames, overscan=None):
     return readers
 
 
+def _single_frame_noise(image, valid):
+    """Pixel noise of one frame: robust std of neighbour differences / sqrt(2).
+
+    Differences along a column cancel column offsets, along a row row offsets; a fixed
+    pattern only adds to the spread, so the smaller of the two is the noise.
+    """
+    spreads = []
+    for a, b, ok in (
+        (image[:, 1:], image[:, :-1], valid[:, 1:] & valid[:, :-1]),
+        (image[1:], image[:-1], valid[1:] & valid[:-1]),
+    ):
+        diff = (a - b)[ok]
+        if diff.size >= 2:
+            spreads.append(_mad(diff.astype(np.float64)) * 1.482602218505602 / np.sqrt(2))
+    return float(min(spreads)) if spreads else 0.0
+
+
 def read_noise_adu(a, b):
     """Read noise (ADU) from two bias frames: robust std of their difference / sqrt(2)
     (astropy's ``mad_std``: 1.482602218505602 x the median absolute deviation)."""
@@ -311,6 +328,22 @@ def make_master(
 
     mask = np.zeros((ny, nx), bits.MASK_DTYPE)
     mask[nused == 0] |= bits.NODATA
+    if n == 1:
+        # No scatter to measure a standard error from: the master is that frame, with its
+        # own pixel noise (from neighbour differences, which cancel gradients and, along
+        # the right axis, column or row patterns), not 0.
+        single = _single_frame_noise(data, nused > 0)
+        unc[nused > 0] = single
+        header_note = f"one input frame: uncertainty = its measured pixel noise {single:.4g}"
+        import logging
+
+        logging.getLogger("ccdflow").warning(
+            "master %s from a single frame (%s): its noise is not averaged down; "
+            "uncertainty set to the frame's measured pixel noise %.4g (data unit)",
+            kind,
+            frames[0][0],
+            single,
+        )
     for key in ("BZERO", "BSCALE", "BLANK"):
         header.remove(key, ignore_missing=True)
     provenance.stamp(header, f"MASTER_{kind.upper()}")
@@ -335,6 +368,8 @@ def make_master(
         header["RDNOISEM"] = (round(rn, 4), "[adu] read noise measured from bias pairs")
     if nsat:
         provenance.add_step(header, "NSATUR", nsat)
+    if n == 1:
+        header.add_comment(header_note)
     if kind == "flat":
         provenance.add_step(header, "SCALEMTH", "median of central region, per frame")
         data, mask = _normalise_flat(data, unc, mask, nused, flat_floor, header)

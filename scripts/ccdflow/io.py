@@ -860,10 +860,9 @@ def _hdu_parts(first_cards, header, data, last_cards=()):
     text = "".join(_image(c) for c in [*cards, *user[i:], *last_cards])
     text += "END".ljust(80)
     text += " " * (-len(text) % _BLOCK)
-    if bitpix == 16:  # unsigned: stored minus 32768, i.e. with the sign bit flipped
-        body = (data ^ np.uint16(0x8000)).astype(">u2")
-    else:
-        body = data.astype(">f4")
+    # unsigned 16-bit: stored minus 32768, i.e. with the sign bit flipped
+    unsigned = bitpix == 16
+    body = (data ^ np.uint16(0x8000)).astype(">u2") if unsigned else data.astype(">f4")
     body = np.ascontiguousarray(body)
     return [text.encode("ascii"), body, b"\0" * (-body.nbytes % _BLOCK)]
 

@@ -127,3 +127,18 @@ def test_calibrated_light_matches_truth_within_its_uncertainty(night):
     assert 0.85 < np.std(z) < 1.15  # and the uncertainty plane is right
     if light.get("n_saturated_pixels"):
         assert (mask & bits.SATURATED).sum() >= light["n_saturated_pixels"]
+
+
+def test_a_one_frame_master_bias_carries_the_frame_noise_and_warns(night, caplog):
+    # With one frame there is no scatter: UNCERT = 0 would make every stack built on the
+    # master 15-20 % too confident. It gets the frame's own pixel noise (the read noise).
+    spec, raw = night["spec"], night["truth"]["raw_dir"]
+    one = night["by_type"]["bias"][:1]
+    out = night["out"] / "one" / "bias.fits"
+    with caplog.at_level("WARNING", logger="ccdflow"):
+        make_master_file("bias", [(raw / f["file"], 0) for f in one], out, COMBINE)
+    _, header, unc, _ = read_product(out)
+    rn_adu = spec["read_noise"] / spec["gain"]
+    assert np.all(unc == unc.flat[0]) and unc.flat[0] == pytest.approx(rn_adu, rel=0.05)
+    assert header["NCOMBINE"] == 1
+    assert any("single frame" in r.message and "bias" in r.message for r in caplog.records)
