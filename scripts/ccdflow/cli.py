@@ -92,6 +92,8 @@ def _inspect(args):
     except (plan.PlanError, FileNotFoundError) as exc:
         print(f"\nthe reduction is impossible: {exc}", file=sys.stderr)
         return 1
+    for r in p.rejected:
+        print(f"  rejected {r['path']}: {r['reason']} {r['detail']}")
     refs = plan.choose_references(p.lights, cfg["align"]["reference"])
     print("\nmasters to make:" if p.masters else "\nmasters to make: none")
     for m in p.masters.values():

@@ -337,6 +337,8 @@ def _classify(rel, entry, cfg, vocabulary=None):
 
     closed = imagetyp in CLOSED_SHUTTER
     filt = "" if closed or values["filter"] is None else str(values["filter"]).strip()
+    # What a flat or light lacks: the plan names it if no master can calibrate the frame
+    missing = {} if closed or filt else {"filter": "/".join(cfg["keywords"]["filter"]) or "filter"}
     obj = "" if imagetyp != "light" else str(values["object"] or "").strip()
     ny, nx = header["_SHAPE"]
     setup = f"{xbin}x{ybin}_{nx}x{ny}"
@@ -364,6 +366,7 @@ def _classify(rel, entry, cfg, vocabulary=None):
         "hdu": header["_HDU"],
         "size": entry["key"][0],
         "fingerprint": entry["fingerprint"],
+        "missing": missing,
     }
 
 

@@ -31,10 +31,9 @@ INVENTORY = ccd_inventory.scan(
     cache_path="results/index/header_cache.pkl",
     grouping=config["group_by"],
 )
-ccd_inventory.write_tsv(
-    "results/index/rejected.tsv", INVENTORY.rejected, ("path", "reason", "detail")
-)
+REJECTED_COLUMNS = ("path", "reason", "detail")
 if not INVENTORY.frames:
+    ccd_inventory.write_tsv("results/index/rejected.tsv", INVENTORY.rejected, REJECTED_COLUMNS)
     raise WorkflowError(
         f"no usable frames in {RAW_DIR} ({len(INVENTORY.rejected)} rejected, see "
         "results/index/rejected.tsv); check inventory.extensions and the keywords"
@@ -52,8 +51,11 @@ try:
     PLAN = ccd_plan.make_plan(INVENTORY, config["calibration"], OVERSCAN, LIBRARY)
 except ccd_plan.PlanError as exc:
     # the frame table is still written, so the user can see what was found
+    ccd_inventory.write_tsv("results/index/rejected.tsv", INVENTORY.rejected, REJECTED_COLUMNS)
     ccd_inventory.write_tsv("results/index/frames.tsv", INVENTORY.frames, ccd_inventory.COLUMNS)
     raise WorkflowError(str(exc)) from None
+REJECTED = INVENTORY.rejected + PLAN.rejected
+ccd_inventory.write_tsv("results/index/rejected.tsv", REJECTED, REJECTED_COLUMNS)
 REFERENCES = ccd_plan.choose_references(PLAN.lights, config["align"]["reference"])
 
 
@@ -72,7 +74,7 @@ ccd_inventory.write_tsv(
 GROUPS = PLAN.groups()
 for _message in PLAN.warnings:
     print(f"ccdflow: {_message}", file=sys.stderr)
-for _r in INVENTORY.rejected:
+for _r in REJECTED:
     print(f"ccdflow: skipped {_r['path']}: {_r['reason']} {_r['detail']}", file=sys.stderr)
 for _r in _library_skipped:
     print(f"ccdflow: library: skipped {_r['path']}: {_r['detail']}", file=sys.stderr)
