@@ -8,7 +8,13 @@ filename rules and per-file overrides, an exposure-time tolerance.
 
 A frame that cannot be used is never fatal: it goes to the rejected list with a
 reason code (``unreadable``, ``truncated``, ``no_image``, ``unknown_imagetyp``,
-``missing_keyword``, ``bad_value``, ``excluded``).
+``missing_keyword``, ``bad_value``, ``excluded``, ``checksum``, ``duplicate_of:<file>``).
+
+Integrity: a file whose header carries DATASUM or CHECKSUM is verified against them
+(astropy), and only such a file has its data read for it (one more pass over bytes the
+fingerprint has just read, so from the page cache; once per file: the result is cached
+with the header). A file with the same content fingerprint as one before it (by path)
+is a duplicate: the first is used, the others are rejected as ``duplicate_of:<first>``.
 """
 
 __all__ = [
@@ -78,7 +84,7 @@ COLUMNS = (
     "size",
     "fingerprint",
 )
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -210,7 +216,31 @@ def _read_entry(raw_dir, rel, size, mtime_ns):
     except OSError as exc:
         return {"key": (size, mtime_ns), "error": ("unreadable", str(exc))}
     keep = {k: v for k, v in header.items() if k not in ("HISTORY", "COMMENT", "")}
-    return {"key": (size, mtime_ns), "header": keep, "fingerprint": _fingerprint(path)}
+    fingerprint = _fingerprint(path)
+    if "DATASUM" in keep or "CHECKSUM" in keep:
+        bad = _checksum_failure(path, keep["_HDU"], keep)
+        if bad:
+            return {"key": (size, mtime_ns), "error": ("checksum", bad)}
+    return {"key": (size, mtime_ns), "header": keep, "fingerprint": fingerprint}
+
+
+def _checksum_failure(path, hdu, header):
+    """Which of DATASUM / CHECKSUM of HDU ``hdu`` does not match its bytes ('' if none).
+
+    Reads the data unit: called only for headers that carry one of the two cards.
+    """
+    from astropy.io import fits
+
+    with fits.open(path, checksum=False, memmap=False) as hdul:
+        unit = hdul[hdu]
+        checks = (("DATASUM", unit.verify_datasum), ("CHECKSUM", unit.verify_checksum))
+        failed = [f"{k} = {header[k]!r}" for k, verify in checks if k in header and verify() == 0]
+    if not failed:
+        return ""
+    return (
+        f"{' and '.join(failed)} do(es) not match the file's bytes (HDU {hdu}): the file is"
+        " corrupt; copy it again from the camera or the archive"
+    )
 
 
 def _lookup(header, aliases):
@@ -452,6 +482,7 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
 
     frames, rejected = [], []
     excluded = cfg.get("exclude", [])
+    first_with = {}  # fingerprint -> first path with that content
     vocabulary = _vocabulary(cfg)
     for rel, entry in entries.items():
         if any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(Path(rel).name, p) for p in excluded):
@@ -460,6 +491,16 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
         if "error" in entry:
             reason, detail = entry["error"]
             rejected.append({"path": rel, "reason": reason, "detail": detail})
+            continue
+        original = first_with.setdefault(entry["fingerprint"], rel)
+        if original != rel:
+            rejected.append(
+                {
+                    "path": rel,
+                    "reason": f"duplicate_of:{original}",
+                    "detail": f"same content (fingerprint {entry['fingerprint']}) as {original}",
+                }
+            )
             continue
         try:
             frames.append(_classify(rel, entry, cfg, vocabulary))

@@ -26,6 +26,7 @@ def write_frame(path, cards=(), dtype=np.uint16, shape=(8, 10), extension=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = (np.arange(shape[0] * shape[1]).reshape(shape) % 50 + 1000).astype(dtype)
     header = fits.Header()
+    header["ORIGNAME"] = str(path)[-68:]  # equal cards under two names: not duplicates
     for key, value in dict(cards).items():
         header[key] = value
     if extension:
@@ -202,6 +203,44 @@ def test_truncated_and_unreadable_files_are_rejected_not_fatal(tmp_path, cfg):
     assert rejected["x.fits"]["reason"] == "unreadable"
     assert rejected["short.fits"]["reason"] == "unreadable"
     assert "notes.txt" not in rejected  # not a frame extension: ignored, not rejected
+
+
+def test_a_flipped_byte_fails_the_checksum_and_rejects_the_file(tmp_path, cfg):
+    for name in ("good.fits", "flipped.fits", "header.fits", "plain.fits"):
+        path = light(tmp_path / name, OBSERVER="me")
+        if name != "plain.fits":
+            with fits.open(path) as hdul:
+                hdul.writeto(path, checksum=True, overwrite=True)
+    data = bytearray((tmp_path / "flipped.fits").read_bytes())
+    data[2880 + 41] ^= 0x10  # one bit of one pixel
+    (tmp_path / "flipped.fits").write_bytes(data)
+    data = bytearray((tmp_path / "header.fits").read_bytes())
+    data[data.index(b"OBSERVER= 'me") + 11] = ord("y")  # 'me' -> 'ye'
+    (tmp_path / "header.fits").write_bytes(data)
+    frames, rejected = scan(tmp_path, cfg)
+    assert sorted(frames) == ["good.fits", "plain.fits"]  # no CHECKSUM: not checked
+    assert {k: r["reason"] for k, r in rejected.items()} == {
+        "flipped.fits": "checksum",
+        "header.fits": "checksum",
+    }
+    assert "DATASUM" in rejected["flipped.fits"]["detail"]
+    assert "CHECKSUM" in rejected["header.fits"]["detail"]
+    assert "DATASUM" not in rejected["header.fits"]["detail"]
+
+
+def test_a_frame_copied_under_two_names_is_used_once(tmp_path, cfg):
+    light(tmp_path / "a.fits")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "copy.fits").write_bytes((tmp_path / "a.fits").read_bytes())
+    (tmp_path / "b.fits").write_bytes((tmp_path / "a.fits").read_bytes())
+    light(tmp_path / "other.fits", OBJECT="other")
+    frames, rejected = scan(tmp_path, cfg)
+    assert sorted(frames) == ["a.fits", "other.fits"]
+    assert {k: r["reason"] for k, r in rejected.items()} == {
+        "b.fits": "duplicate_of:a.fits",
+        "sub/copy.fits": "duplicate_of:a.fits",
+    }
+    assert "as a.fits" in rejected["b.fits"]["detail"]
 
 
 def test_truncated_file_is_picked_up_once_complete(tmp_path, cfg):

@@ -89,7 +89,8 @@ def test_choose_dark_without_darks_or_with_only_zero_second_darks():
 
 def _write(path, cards):
     data = np.full((8, 10), 1000, dtype=np.uint16)
-    fits.PrimaryHDU(data, header=fits.Header(cards)).writeto(path)
+    header = fits.Header({**cards, "ORIGNAME": path.name})  # equal frames would be duplicates
+    fits.PrimaryHDU(data, header=header).writeto(path)
 
 
 def test_plan_of_a_scanned_night(tmp_path, cal):

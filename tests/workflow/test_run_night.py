@@ -170,13 +170,21 @@ def test_stray_frames_are_rejected_and_the_night_is_reduced(night, tmp_path):
     _stray(raw / "light_M13demo_V_060s_001.fits", raw / "stray_nofilter.fits", drop=["FILTER"])
     _stray(raw / "light_M13demo_V_060s_002.fits", raw / "stray_binned.fits", binned=True)
     _stray(raw / "flat_V_001.fits", raw / "stray_flat.fits", drop=["FILTER"])
+    shutil.copy(raw / "light_M13demo_R_060s_001.fits", raw / "light_copy.fits")
+    with fits.open(raw / "light_M13demo_R_120s_001.fits") as hdul:
+        hdul.writeto(raw / "stray_corrupt.fits", checksum=True)
+    data = bytearray((raw / "stray_corrupt.fits").read_bytes())
+    data[-1000] ^= 0x01
+    (raw / "stray_corrupt.fits").write_bytes(data)
     work = tmp_path / "work"
     work.mkdir()
     proc = snakemake(work, config={"raw_dir": raw})
     assert proc.returncode == 0
     rejected = {r["path"]: r for r in read_tsv(work / "results/index/rejected.tsv")}
     assert {p: r["reason"] for p, r in rejected.items()} == {
+        "light_copy.fits": "duplicate_of:light_M13demo_R_060s_001.fits",
         "stray_binned.fits": "no_matching_master",
+        "stray_corrupt.fits": "checksum",
         "stray_flat.fits": "missing_keyword:FILTER",
         "stray_nofilter.fits": "missing_keyword:FILTER",
     }
