@@ -70,7 +70,9 @@ def _inspect(args):
     except Exception as exc:  # a schema error: say which key, no traceback
         print(f"configuration error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
-    inv = inventory.scan(args.raw_dir, cfg["inventory"], grouping=cfg["group_by"])
+    inv = inventory.scan(
+        args.raw_dir, cfg["inventory"], grouping=cfg["group_by"], detector=cfg["detector"]
+    )
     print(f"{len(inv.frames)} frames in {args.raw_dir}, {len(inv.rejected)} rejected")
     counts = {}
     for f in inv.frames:

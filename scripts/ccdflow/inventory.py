@@ -18,10 +18,12 @@ is a duplicate: the first is used, the others are rejected as ``duplicate_of:<fi
 """
 
 __all__ = [
+    "DETECTOR_RANGES",
     "FIELDS",
     "Inventory",
     "exposure_label",
     "group_exposures",
+    "rejection_summary",
     "sanitize",
     "scan",
     "write_tsv",
@@ -54,6 +56,13 @@ FIELDS = (
     "readout",
     "saturation",
 )
+#: Sane ranges of header detector values: field -> (detector config key of the value that
+#: overrides the header, config key of the range, default range, unit). A header value
+#: outside its range rejects the frame unless the configuration gives the value.
+DETECTOR_RANGES = {
+    "gain": ("gain", "gain_range", (0.05, 50.0), "e-/ADU"),
+    "rdnoise": ("read_noise", "read_noise_range", (0.1, 100.0), "e-"),
+}
 #: Types whose shutter is closed: FILTER means nothing for them.
 CLOSED_SHUTTER = ("bias", "dark")
 #: Columns of frames.tsv, in order.
@@ -318,10 +327,30 @@ def _vocabulary(cfg):
     }
 
 
-def _classify(rel, entry, cfg, vocabulary=None):
+def _check_ranges(values, source, detector):
+    """Raise ValueError(reason, detail) for a header gain or read noise outside its sane
+    range (:data:`DETECTOR_RANGES`), unless ``detector`` (config) gives the value."""
+    for name, (key, range_key, default, unit) in DETECTOR_RANGES.items():
+        value = values[name]
+        if value is None or detector.get(key) is not None:
+            continue
+        low, high = detector.get(range_key) or default
+        if not low <= value <= high:
+            aliases = "/".join(source["aliases"][name])
+            raise ValueError(
+                f"{key}_out_of_range",
+                f"{source[name] or name} = {value:g} is outside the sane range {low:g}-{high:g}"
+                f" {unit} (detector.{range_key}). If the header is wrong set detector.{key};"
+                f" if another card holds the {unit}, put it first in inventory.keywords."
+                f"{name} (now {aliases})",
+            )
+
+
+def _classify(rel, entry, cfg, vocabulary=None, detector=None):
     """Translate one header into a frame record, or raise ValueError(reason, detail).
 
-    ``vocabulary`` (of :func:`_vocabulary`) may be passed in to build it once per scan.
+    ``vocabulary`` (of :func:`_vocabulary`) may be passed in to build it once per scan;
+    ``detector`` is the ``detector`` configuration (sane ranges, :func:`_check_ranges`).
     """
     header = entry["header"]
     values, source = {}, {}
@@ -364,6 +393,8 @@ def _classify(rel, entry, cfg, vocabulary=None):
         if len(exc.args) == 2:
             raise
         raise ValueError("bad_value", str(exc)) from None
+    source["aliases"] = cfg["keywords"]
+    _check_ranges({"gain": gain, "rdnoise": rdnoise}, source, detector or {})
 
     closed = imagetyp in CLOSED_SHUTTER
     filt = "" if closed or values["filter"] is None else str(values["filter"]).strip()
@@ -447,7 +478,7 @@ def _frame_ids(paths):
     return ids
 
 
-def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup")):
+def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"), detector=None):
     """Inventory of ``raw_dir``.
 
     Parameters
@@ -461,6 +492,9 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
         Rewritten only when it changes.
     grouping : sequence of str
         Frame-table columns whose values define a light frame's stack group.
+    detector : dict, optional
+        The ``detector`` section: header gain and read noise outside its sane ranges
+        reject the frame (:data:`DETECTOR_RANGES` when not given).
 
     Returns
     -------
@@ -503,7 +537,7 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
             )
             continue
         try:
-            frames.append(_classify(rel, entry, cfg, vocabulary))
+            frames.append(_classify(rel, entry, cfg, vocabulary, detector))
         except ValueError as exc:
             reason, detail = exc.args if len(exc.args) == 2 else ("bad_value", str(exc))
             rejected.append({"path": rel, "reason": reason, "detail": detail})
@@ -533,6 +567,20 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
         group = "_".join(sanitize(f[k]) for k in grouping)
         f["group"] = group if f["imagetyp"] == "light" else ""
     return Inventory(frames=frames, rejected=rejected)
+
+
+def rejection_summary(rejected):
+    """One line on the rejected files: count per reason and the first detail of each.
+
+    >>> rejection_summary([{"path": "a.fits", "reason": "checksum", "detail": "DATASUM ..."}])
+    '1 rejected: checksum 1 (a.fits: DATASUM ...)'
+    """
+    first, counts = {}, {}
+    for r in rejected:
+        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+        first.setdefault(r["reason"], f"{r['path']}: {r['detail']}")
+    parts = [f"{reason} {n} ({first[reason]})" for reason, n in sorted(counts.items())]
+    return f"{len(rejected)} rejected: " + "; ".join(parts) if rejected else "0 rejected"
 
 
 def _tsv_value(value):

@@ -161,6 +161,38 @@ def test_setup_binning_detector_values_and_datamax(tmp_path, cfg):
     assert frames["i16.fits"]["datamax"] == 32767.0
 
 
+@pytest.mark.parametrize(
+    ("cards", "reason", "words"),
+    [
+        ({"GAIN": 0.0}, "gain_out_of_range", ["GAIN = 0 ", "0.05-50 e-/ADU", "detector.gain"]),
+        ({"GAIN": 1e4}, "gain_out_of_range", ["GAIN = 10000 ", "detector.gain_range"]),
+        ({"RDNOISE": 0.0}, "read_noise_out_of_range", ["RDNOISE = 0 ", "0.1-100 e-"]),
+    ],
+)
+def test_insane_header_gain_or_read_noise_rejects_the_frame(tmp_path, cfg, cards, reason, words):
+    light(tmp_path / "a.fits", **cards)
+    _, rejected = scan(tmp_path, cfg, detector=CONFIG["detector"])
+    assert rejected["a.fits"]["reason"] == reason
+    for word in words:
+        assert word in rejected["a.fits"]["detail"]
+    key = "gain" if "GAIN" in cards else "read_noise"
+    frames, _ = scan(tmp_path, cfg, detector={**CONFIG["detector"], key: 2.0})
+    assert list(frames) == ["a.fits"]  # a configured value is used, the header's ignored
+
+
+def test_egain_is_read_before_a_gain_setting(tmp_path, cfg):
+    light(tmp_path / "nina.fits", GAIN=100, EGAIN=0.25)
+    frames, _ = scan(tmp_path, cfg)
+    assert frames["nina.fits"]["gain"] == 0.25
+    light(tmp_path / "nina.fits", GAIN=100)  # the setting alone: not e-/ADU
+    _, rejected = scan(tmp_path, cfg)
+    assert rejected["nina.fits"]["reason"] == "gain_out_of_range"
+    assert (
+        "put it first in inventory.keywords.gain (now EGAIN/GAIN)"
+        in rejected["nina.fits"]["detail"]
+    )
+
+
 @pytest.mark.parametrize("ccdsum", ["2 2", "2x2", " 2  2 "])
 def test_ccdsum_binning_when_no_x_y_keywords(tmp_path, cfg, ccdsum):
     # NOAO-style cameras write the binning in one card; it must set the setup, or binned

@@ -153,9 +153,10 @@ def test_bad_files_are_skipped_and_reported(night, tmp_path):
     assert len(list((work / "results/calibrated").glob("*.fits"))) == 8
 
 
-def _stray(src, dst, drop=(), binned=False):
+def _stray(src, dst, drop=(), binned=False, **cards):
     with fits.open(src) as hdul:
         data, header = hdul[0].data, hdul[0].header.copy()
+    header.update(cards)
     for key in drop:
         del header[key]
     if binned:
@@ -170,6 +171,7 @@ def test_stray_frames_are_rejected_and_the_night_is_reduced(night, tmp_path):
     _stray(raw / "light_M13demo_V_060s_001.fits", raw / "stray_nofilter.fits", drop=["FILTER"])
     _stray(raw / "light_M13demo_V_060s_002.fits", raw / "stray_binned.fits", binned=True)
     _stray(raw / "flat_V_001.fits", raw / "stray_flat.fits", drop=["FILTER"])
+    _stray(raw / "light_M13demo_R_060s_002.fits", raw / "stray_gain.fits", GAIN=0.0)
     shutil.copy(raw / "light_M13demo_R_060s_001.fits", raw / "light_copy.fits")
     with fits.open(raw / "light_M13demo_R_120s_001.fits") as hdul:
         hdul.writeto(raw / "stray_corrupt.fits", checksum=True)
@@ -186,10 +188,12 @@ def test_stray_frames_are_rejected_and_the_night_is_reduced(night, tmp_path):
         "stray_binned.fits": "no_matching_master",
         "stray_corrupt.fits": "checksum",
         "stray_flat.fits": "missing_keyword:FILTER",
+        "stray_gain.fits": "gain_out_of_range",
         "stray_nofilter.fits": "missing_keyword:FILTER",
     }
     assert "setup 2x2_64x48" in rejected["stray_binned.fits"]["detail"]
     assert "FILTER" in rejected["stray_nofilter.fits"]["detail"]
+    assert "GAIN = 0 is outside the sane range 0.05-50" in rejected["stray_gain.fits"]["detail"]
     assert "stray_binned.fits: no_matching_master" in proc.stderr  # listed at parse time
     frames = {r["path"] for r in read_tsv(work / "results/index/frames.tsv")}
     assert not frames & set(rejected)
@@ -197,6 +201,18 @@ def test_stray_frames_are_rejected_and_the_night_is_reduced(night, tmp_path):
         f"M13demo_{f}_{t}.fits" for f in ("R", "V") for t in ("120", "60")
     ]
     assert len(list((work / "results/records").glob("*.json"))) == 8
+
+
+def test_a_gain_setting_on_every_frame_stops_at_parse_time_naming_it(night, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for path in night["raw_dir"].iterdir():
+        _stray(path, raw / path.name, GAIN=1e4)
+    proc = snakemake(tmp_path, "-n", config={"raw_dir": raw}, check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "gain_out_of_range 28 (" in err and "GAIN = 10000 is outside" in err
+    assert "Traceback" not in err
 
 
 def test_no_flats_at_all_stops_at_parse_time_with_one_clear_message(night, tmp_path):

@@ -30,13 +30,14 @@ INVENTORY = ccd_inventory.scan(
     config["inventory"],
     cache_path="results/index/header_cache.pkl",
     grouping=config["group_by"],
+    detector=config["detector"],
 )
 REJECTED_COLUMNS = ("path", "reason", "detail")
 if not INVENTORY.frames:
     ccd_inventory.write_tsv("results/index/rejected.tsv", INVENTORY.rejected, REJECTED_COLUMNS)
     raise WorkflowError(
-        f"no usable frames in {RAW_DIR} ({len(INVENTORY.rejected)} rejected, see "
-        "results/index/rejected.tsv); check inventory.extensions and the keywords"
+        f"no usable frames in {RAW_DIR}: {ccd_inventory.rejection_summary(INVENTORY.rejected)}."
+        " See results/index/rejected.tsv; check inventory.extensions and the keywords"
     )
 OVERSCAN = config["overscan"] if config["overscan"]["enabled"] else None
 try:
