@@ -64,15 +64,25 @@ def _night(args):
 def _inspect(args):
     from ccdflow import config as ccd_config
     from ccdflow import inventory, library, plan
+    from ccdflow.sections import SectionError
 
     try:
         cfg = ccd_config.load(args.configfile, {"raw_dir": str(args.raw_dir)})
     except Exception as exc:  # a schema error: say which key, no traceback
         print(f"configuration error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
-    inv = inventory.scan(
-        args.raw_dir, cfg["inventory"], grouping=cfg["group_by"], detector=cfg["detector"]
-    )
+    overscan = cfg["overscan"] if cfg["overscan"]["enabled"] else None
+    try:
+        inv = inventory.scan(
+            args.raw_dir,
+            cfg["inventory"],
+            grouping=cfg["group_by"],
+            detector=cfg["detector"],
+            overscan=overscan,
+        )
+    except SectionError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     print(f"{len(inv.frames)} frames in {args.raw_dir}, {len(inv.rejected)} rejected")
     counts = {}
     for f in inv.frames:
@@ -83,7 +93,6 @@ def _inspect(args):
         print(f"  {setup:16s} {t:6s} {filt:10s} {exp:>8s}s {n:5d}")
     for r in inv.rejected:
         print(f"  rejected {r['path']}: {r['reason']} {r['detail']}")
-    overscan = cfg["overscan"] if cfg["overscan"]["enabled"] else None
     try:
         lib, skipped = library.scan_library(
             cfg["calibration"]["library"],

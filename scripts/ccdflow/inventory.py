@@ -346,6 +346,21 @@ def _check_ranges(values, source, detector):
             )
 
 
+def _check_sections(record, header, overscan):
+    """Raise ValueError('bad_section', detail) when the overscan or trim section of a
+    frame cannot be resolved (:func:`ccdflow.sections.resolve_sections`)."""
+    from ccdflow.sections import SectionError, resolve_sections
+
+    try:
+        resolve_sections(header, (record["ny"], record["nx"]), overscan, record["path"])
+    except SectionError as exc:
+        raise ValueError(
+            "bad_section",
+            f"{exc}. Set overscan.biassec / overscan.trimsec to literal sections "
+            "[x1:x2,y1:y2] (1-based) or exclude the file (inventory.exclude)",
+        ) from None
+
+
 def _classify(rel, entry, cfg, vocabulary=None, detector=None):
     """Translate one header into a frame record, or raise ValueError(reason, detail).
 
@@ -478,7 +493,14 @@ def _frame_ids(paths):
     return ids
 
 
-def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"), detector=None):
+def scan(
+    raw_dir,
+    cfg,
+    cache_path=None,
+    grouping=("object", "filter", "expgroup"),
+    detector=None,
+    overscan=None,
+):
     """Inventory of ``raw_dir``.
 
     Parameters
@@ -495,12 +517,25 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
     detector : dict, optional
         The ``detector`` section: header gain and read noise outside its sane ranges
         reject the frame (:data:`DETECTOR_RANGES` when not given).
+    overscan : dict, optional
+        The ``overscan`` section when it is enabled: a frame whose overscan or trim
+        section (header keyword) is missing, not a section or does not fit its image is
+        rejected (``bad_section``).
+
+    Raises
+    ------
+    ccdflow.sections.SectionError
+        When a literal section of ``overscan`` cannot be a section of any image.
 
     Returns
     -------
     Inventory
     """
     raw_dir = Path(raw_dir)
+    if overscan:
+        from ccdflow.sections import check_configured
+
+        check_configured(overscan)
     extensions = tuple(e.lower() for e in cfg["extensions"])
     files = _walk(raw_dir, extensions, cfg.get("recursive", True))
     cache = _load_cache(cache_path) if cache_path else {}
@@ -537,7 +572,10 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
             )
             continue
         try:
-            frames.append(_classify(rel, entry, cfg, vocabulary, detector))
+            record = _classify(rel, entry, cfg, vocabulary, detector)
+            if overscan:
+                _check_sections(record, entry["header"], overscan)
+            frames.append(record)
         except ValueError as exc:
             reason, detail = exc.args if len(exc.args) == 2 else ("bad_value", str(exc))
             rejected.append({"path": rel, "reason": reason, "detail": detail})

@@ -10,6 +10,7 @@ import yaml
 from astropy.io import fits
 
 from ccdflow import inventory
+from ccdflow.sections import SectionError
 
 CONFIG = yaml.safe_load((Path(__file__).resolve().parents[2] / "config/config.yaml").read_text())
 
@@ -191,6 +192,34 @@ def test_egain_is_read_before_a_gain_setting(tmp_path, cfg):
         "put it first in inventory.keywords.gain (now EGAIN/GAIN)"
         in rejected["nina.fits"]["detail"]
     )
+
+
+OVERSCAN = {**CONFIG["overscan"], "enabled": True, "trimsec": "TRIMSEC"}
+
+
+def test_nonsense_section_keywords_reject_the_frame_at_the_inventory(tmp_path, cfg):
+    good = {"BIASSEC": "[9:10,1:8]", "TRIMSEC": "[1:8,1:8]"}
+    light(tmp_path / "good.fits", **good)
+    light(tmp_path / "zero.fits", **{**good, "BIASSEC": "[0,513:0,1536]"})
+    light(tmp_path / "outside.fits", **{**good, "TRIMSEC": "[1:80,1:8]"})
+    light(tmp_path / "none.fits", TRIMSEC="[1:8,1:8]")
+    frames, rejected = scan(tmp_path, cfg, overscan=OVERSCAN)
+    assert list(frames) == ["good.fits"]
+    assert {k: r["reason"] for k, r in rejected.items()} == dict.fromkeys(
+        ["none.fits", "outside.fits", "zero.fits"], "bad_section"
+    )
+    assert "BIASSEC = '[0,513:0,1536]' is not a section" in rejected["zero.fits"]["detail"]
+    assert "TRIMSEC = '[1:80,1:8]' does not fit" in rejected["outside.fits"]["detail"]
+    assert "BIASSEC = None is missing" in rejected["none.fits"]["detail"]
+    assert "overscan.biassec" in rejected["zero.fits"]["detail"]  # how to fix it
+    frames, rejected = scan(tmp_path, cfg)  # no overscan: sections are not used
+    assert len(frames) == 4
+
+
+def test_a_configured_section_that_is_none_stops_the_scan(tmp_path, cfg):
+    light(tmp_path / "a.fits")
+    with pytest.raises(SectionError, match=r"overscan.biassec = '\[0,513:0,1536\]' is not"):
+        inventory.scan(tmp_path, cfg, overscan={**OVERSCAN, "biassec": "[0,513:0,1536]"})
 
 
 @pytest.mark.parametrize("ccdsum", ["2 2", "2x2", " 2  2 "])

@@ -14,6 +14,7 @@ import ccdflow
 from ccdflow import inventory as ccd_inventory
 from ccdflow import library as ccd_library
 from ccdflow import plan as ccd_plan
+from ccdflow import sections as ccd_sections
 from ccdflow import select as ccd_select
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -25,13 +26,18 @@ if RAW_DIR is None or not RAW_DIR.is_dir():
         f"raw_dir {config['raw_dir']!r} is not a directory. Point ccdflow at your frames: "
         "snakemake --cores all --config raw_dir=/path/to/night"
     )
-INVENTORY = ccd_inventory.scan(
-    RAW_DIR,
-    config["inventory"],
-    cache_path="results/index/header_cache.pkl",
-    grouping=config["group_by"],
-    detector=config["detector"],
-)
+OVERSCAN = config["overscan"] if config["overscan"]["enabled"] else None
+try:
+    INVENTORY = ccd_inventory.scan(
+        RAW_DIR,
+        config["inventory"],
+        cache_path="results/index/header_cache.pkl",
+        grouping=config["group_by"],
+        detector=config["detector"],
+        overscan=OVERSCAN,
+    )
+except ccd_sections.SectionError as exc:  # a configured section that is none
+    raise WorkflowError(f"{exc}; fix it in the configuration") from None
 REJECTED_COLUMNS = ("path", "reason", "detail")
 if not INVENTORY.frames:
     ccd_inventory.write_tsv("results/index/rejected.tsv", INVENTORY.rejected, REJECTED_COLUMNS)
@@ -39,7 +45,6 @@ if not INVENTORY.frames:
         f"no usable frames in {RAW_DIR}: {ccd_inventory.rejection_summary(INVENTORY.rejected)}."
         " See results/index/rejected.tsv; check inventory.extensions and the keywords"
     )
-OVERSCAN = config["overscan"] if config["overscan"]["enabled"] else None
 try:
     LIBRARY, _library_skipped = ccd_library.scan_library(
         config["calibration"]["library"],
