@@ -71,6 +71,11 @@ def _inspect(args):
     except Exception as exc:  # a schema error: say which key, no traceback
         print(f"configuration error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
+    if not Path(args.raw_dir).is_dir():
+        print(
+            f"{args.raw_dir} is not a directory: give the folder of your frames", file=sys.stderr
+        )
+        return 2
     overscan = cfg["overscan"] if cfg["overscan"]["enabled"] else None
     try:
         inv = inventory.scan(
@@ -93,6 +98,13 @@ def _inspect(args):
         print(f"  {setup:16s} {t:6s} {filt:10s} {exp:>8s}s {n:5d}")
     for r in inv.rejected:
         print(f"  rejected {r['path']}: {r['reason']} {r['detail']}")
+    if not inv.frames:
+        print(
+            f"\nevery file was rejected ({inventory.rejection_summary(inv.rejected)}): nothing"
+            " to reduce. Check inventory.extensions, the keywords and the values above.",
+            file=sys.stderr,
+        )
+        return 1
     try:
         lib, skipped = library.scan_library(
             cfg["calibration"]["library"],
@@ -116,6 +128,7 @@ def _inspect(args):
             print(f"  {m.kind:5s} {m.name}")
         for r in skipped:
             print(f"  skipped {r['path']}: {r['detail']}")
+    _print_objects_and_groups(p)
     print("\nlight frames -> bias, dark (scale), flat; alignment reference:")
 
     def short(name):
@@ -128,6 +141,21 @@ def _inspect(args):
     for w in p.warnings:
         print(f"warning: {w}")
     return 0
+
+
+def _print_objects_and_groups(p):
+    """Objects (with their raw OBJECT names) and stack groups of the planned lights."""
+    objects = {}
+    for use in p.lights.values():
+        r = use["record"]
+        objects.setdefault(r["object"], set()).add(r.get("object_name", r["object"]))
+    print(f"\nobjects: {len(objects)}")
+    for obj, names in sorted(objects.items()):
+        print(f"  {obj:24s} (OBJECT {', '.join(repr(n) for n in sorted(names))})")
+    groups = p.groups()
+    print(f"stack groups: {len(groups)}")
+    for group, frames in groups.items():
+        print(f"  {group:36s} {len(frames):4d} frames")
 
 
 def main(argv=None):

@@ -53,6 +53,22 @@ def test_inspect_explains_an_impossible_plan_and_a_bad_key(tmp_path):
     assert proc.returncode == 2 and "gian" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_inspect_lists_objects_and_groups_and_fails_when_every_file_is_rejected(tmp_path):
+    night = demo.make_night(tmp_path / "n", preset="test", seed=2)
+    proc = inspect(night["raw_dir"])
+    assert proc.returncode == 0, proc.stderr
+    assert "objects: 1\n  M13demo" in proc.stdout and "(OBJECT 'M13demo')" in proc.stdout
+    assert "stack groups: 4" in proc.stdout and "M13demo_V_120" in proc.stdout
+    bad = tmp_path / "gain.yaml"
+    bad.write_text("detector: {gain_range: [0.05, 1.0]}\n")  # the night's GAIN is 1.5
+    proc = inspect(night["raw_dir"], "--configfile", bad)
+    assert proc.returncode == 1
+    assert "every file was rejected (28 rejected: gain_out_of_range 28" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = inspect(tmp_path / "nowhere")
+    assert proc.returncode == 2 and "is not a directory" in proc.stderr
+
+
 @pytest.mark.parametrize("key", ["inventory", "calibration", "cosmics", "align", "stack"])
 def test_every_section_has_defaults(key):
     assert config.load([], {"raw_dir": "x"})[key]
