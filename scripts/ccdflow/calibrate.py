@@ -21,7 +21,6 @@ __all__ = [
     "make_master",
     "prepare_raw",
     "read_noise_adu",
-    "resolve_sections",
 ]
 
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 from ccdflow import bits, provenance
 from ccdflow.combine import band_rows, combine_stack
 from ccdflow.io import FITS_DTYPES
+from ccdflow.sections import resolve_sections
 
 
 @dataclass
@@ -50,32 +50,6 @@ def central_region(shape, fraction=0.5):
     ny, nx = shape
     my, mx = int(ny * (1 - fraction) / 2), int(nx * (1 - fraction) / 2)
     return slice(my, ny - my), slice(mx, nx - mx)
-
-
-def resolve_sections(header, shape, overscan, path=""):
-    """Overscan and trim sections of a raw frame, from header keywords or literals.
-
-    ``overscan['biassec']`` / ``overscan['trimsec']`` are either a header keyword
-    (``'BIASSEC'``) or a literal section (``'[1:2048,1:4096]'``); an empty trimsec keeps
-    the whole frame. Raises :class:`ccdflow.sections.SectionError` naming file, keyword
-    and value when a section is missing or does not fit.
-    """
-    from ccdflow.sections import SectionError, parse_section
-
-    out = []
-    for what in ("biassec", "trimsec"):
-        spec = str(overscan.get(what) or "").strip()
-        if what == "trimsec" and not spec:
-            out.append((slice(0, shape[0]), slice(0, shape[1])))
-            continue
-        if spec.startswith("["):
-            value, keyword = spec, f"overscan.{what}"
-        else:
-            value, keyword = header.get(spec), spec
-            if value in (None, ""):
-                raise SectionError(path, keyword, None, f"is missing ({what} of the overscan)")
-        out.append(parse_section(value, shape, path=path, keyword=keyword))
-    return out[0], out[1]
 
 
 def _overscan_levels(strip, rows, overscan):

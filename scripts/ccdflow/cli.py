@@ -64,13 +64,30 @@ def _night(args):
 def _inspect(args):
     from ccdflow import config as ccd_config
     from ccdflow import inventory, library, plan
+    from ccdflow.sections import SectionError
 
     try:
         cfg = ccd_config.load(args.configfile, {"raw_dir": str(args.raw_dir)})
     except Exception as exc:  # a schema error: say which key, no traceback
         print(f"configuration error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
-    inv = inventory.scan(args.raw_dir, cfg["inventory"], grouping=cfg["group_by"])
+    if not Path(args.raw_dir).is_dir():
+        print(
+            f"{args.raw_dir} is not a directory: give the folder of your frames", file=sys.stderr
+        )
+        return 2
+    overscan = cfg["overscan"] if cfg["overscan"]["enabled"] else None
+    try:
+        inv = inventory.scan(
+            args.raw_dir,
+            cfg["inventory"],
+            grouping=cfg["group_by"],
+            detector=cfg["detector"],
+            overscan=overscan,
+        )
+    except SectionError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     print(f"{len(inv.frames)} frames in {args.raw_dir}, {len(inv.rejected)} rejected")
     counts = {}
     for f in inv.frames:
@@ -81,7 +98,13 @@ def _inspect(args):
         print(f"  {setup:16s} {t:6s} {filt:10s} {exp:>8s}s {n:5d}")
     for r in inv.rejected:
         print(f"  rejected {r['path']}: {r['reason']} {r['detail']}")
-    overscan = cfg["overscan"] if cfg["overscan"]["enabled"] else None
+    if not inv.frames:
+        print(
+            f"\nevery file was rejected ({inventory.rejection_summary(inv.rejected)}): nothing"
+            " to reduce. Check inventory.extensions, the keywords and the values above.",
+            file=sys.stderr,
+        )
+        return 1
     try:
         lib, skipped = library.scan_library(
             cfg["calibration"]["library"],
@@ -92,6 +115,8 @@ def _inspect(args):
     except (plan.PlanError, FileNotFoundError) as exc:
         print(f"\nthe reduction is impossible: {exc}", file=sys.stderr)
         return 1
+    for r in p.rejected:
+        print(f"  rejected {r['path']}: {r['reason']} {r['detail']}")
     refs = plan.choose_references(p.lights, cfg["align"]["reference"])
     print("\nmasters to make:" if p.masters else "\nmasters to make: none")
     for m in p.masters.values():
@@ -103,6 +128,7 @@ def _inspect(args):
             print(f"  {m.kind:5s} {m.name}")
         for r in skipped:
             print(f"  skipped {r['path']}: {r['detail']}")
+    _print_objects_and_groups(p)
     print("\nlight frames -> bias, dark (scale), flat; alignment reference:")
 
     def short(name):
@@ -115,6 +141,21 @@ def _inspect(args):
     for w in p.warnings:
         print(f"warning: {w}")
     return 0
+
+
+def _print_objects_and_groups(p):
+    """Objects (with their raw OBJECT names) and stack groups of the planned lights."""
+    objects = {}
+    for use in p.lights.values():
+        r = use["record"]
+        objects.setdefault(r["object"], set()).add(r.get("object_name", r["object"]))
+    print(f"\nobjects: {len(objects)}")
+    for obj, names in sorted(objects.items()):
+        print(f"  {obj:24s} (OBJECT {', '.join(repr(n) for n in sorted(names))})")
+    groups = p.groups()
+    print(f"stack groups: {len(groups)}")
+    for group, frames in groups.items():
+        print(f"  {group:36s} {len(frames):4d} frames")
 
 
 def main(argv=None):

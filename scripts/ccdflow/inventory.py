@@ -8,14 +8,22 @@ filename rules and per-file overrides, an exposure-time tolerance.
 
 A frame that cannot be used is never fatal: it goes to the rejected list with a
 reason code (``unreadable``, ``truncated``, ``no_image``, ``unknown_imagetyp``,
-``missing_keyword``, ``bad_value``, ``excluded``).
+``missing_keyword``, ``bad_value``, ``excluded``, ``checksum``, ``duplicate_of:<file>``).
+
+Integrity: a file whose header carries DATASUM or CHECKSUM is verified against them
+(astropy), and only such a file has its data read for it (one more pass over bytes the
+fingerprint has just read, so from the page cache; once per file: the result is cached
+with the header). A file with the same content fingerprint as one before it (by path)
+is a duplicate: the first is used, the others are rejected as ``duplicate_of:<first>``.
 """
 
 __all__ = [
+    "DETECTOR_RANGES",
     "FIELDS",
     "Inventory",
     "exposure_label",
     "group_exposures",
+    "rejection_summary",
     "sanitize",
     "scan",
     "write_tsv",
@@ -48,6 +56,13 @@ FIELDS = (
     "readout",
     "saturation",
 )
+#: Sane ranges of header detector values: field -> (detector config key of the value that
+#: overrides the header, config key of the range, default range, unit). A header value
+#: outside its range rejects the frame unless the configuration gives the value.
+DETECTOR_RANGES = {
+    "gain": ("gain", "gain_range", (0.05, 50.0), "e-/ADU"),
+    "rdnoise": ("read_noise", "read_noise_range", (0.1, 100.0), "e-"),
+}
 #: Types whose shutter is closed: FILTER means nothing for them.
 CLOSED_SHUTTER = ("bias", "dark")
 #: Columns of frames.tsv, in order.
@@ -78,7 +93,7 @@ COLUMNS = (
     "size",
     "fingerprint",
 )
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -210,7 +225,31 @@ def _read_entry(raw_dir, rel, size, mtime_ns):
     except OSError as exc:
         return {"key": (size, mtime_ns), "error": ("unreadable", str(exc))}
     keep = {k: v for k, v in header.items() if k not in ("HISTORY", "COMMENT", "")}
-    return {"key": (size, mtime_ns), "header": keep, "fingerprint": _fingerprint(path)}
+    fingerprint = _fingerprint(path)
+    if "DATASUM" in keep or "CHECKSUM" in keep:
+        bad = _checksum_failure(path, keep["_HDU"], keep)
+        if bad:
+            return {"key": (size, mtime_ns), "error": ("checksum", bad)}
+    return {"key": (size, mtime_ns), "header": keep, "fingerprint": fingerprint}
+
+
+def _checksum_failure(path, hdu, header):
+    """Which of DATASUM / CHECKSUM of HDU ``hdu`` does not match its bytes ('' if none).
+
+    Reads the data unit: called only for headers that carry one of the two cards.
+    """
+    from astropy.io import fits
+
+    with fits.open(path, checksum=False, memmap=False) as hdul:
+        unit = hdul[hdu]
+        checks = (("DATASUM", unit.verify_datasum), ("CHECKSUM", unit.verify_checksum))
+        failed = [f"{k} = {header[k]!r}" for k, verify in checks if k in header and verify() == 0]
+    if not failed:
+        return ""
+    return (
+        f"{' and '.join(failed)} do(es) not match the file's bytes (HDU {hdu}): the file is"
+        " corrupt; copy it again from the camera or the archive"
+    )
 
 
 def _lookup(header, aliases):
@@ -288,10 +327,45 @@ def _vocabulary(cfg):
     }
 
 
-def _classify(rel, entry, cfg, vocabulary=None):
+def _check_ranges(values, source, detector):
+    """Raise ValueError(reason, detail) for a header gain or read noise outside its sane
+    range (:data:`DETECTOR_RANGES`), unless ``detector`` (config) gives the value."""
+    for name, (key, range_key, default, unit) in DETECTOR_RANGES.items():
+        value = values[name]
+        if value is None or detector.get(key) is not None:
+            continue
+        low, high = detector.get(range_key) or default
+        if not low <= value <= high:
+            aliases = "/".join(source["aliases"][name])
+            raise ValueError(
+                f"{key}_out_of_range",
+                f"{source[name] or name} = {value:g} is outside the sane range {low:g}-{high:g}"
+                f" {unit} (detector.{range_key}). If the header is wrong set detector.{key};"
+                f" if another card holds the {unit}, put it first in inventory.keywords."
+                f"{name} (now {aliases})",
+            )
+
+
+def _check_sections(record, header, overscan):
+    """Raise ValueError('bad_section', detail) when the overscan or trim section of a
+    frame cannot be resolved (:func:`ccdflow.sections.resolve_sections`)."""
+    from ccdflow.sections import SectionError, resolve_sections
+
+    try:
+        resolve_sections(header, (record["ny"], record["nx"]), overscan, record["path"])
+    except SectionError as exc:
+        raise ValueError(
+            "bad_section",
+            f"{exc}. Set overscan.biassec / overscan.trimsec to literal sections "
+            "[x1:x2,y1:y2] (1-based) or exclude the file (inventory.exclude)",
+        ) from None
+
+
+def _classify(rel, entry, cfg, vocabulary=None, detector=None):
     """Translate one header into a frame record, or raise ValueError(reason, detail).
 
-    ``vocabulary`` (of :func:`_vocabulary`) may be passed in to build it once per scan.
+    ``vocabulary`` (of :func:`_vocabulary`) may be passed in to build it once per scan;
+    ``detector`` is the ``detector`` configuration (sane ranges, :func:`_check_ranges`).
     """
     header = entry["header"]
     values, source = {}, {}
@@ -334,9 +408,13 @@ def _classify(rel, entry, cfg, vocabulary=None):
         if len(exc.args) == 2:
             raise
         raise ValueError("bad_value", str(exc)) from None
+    source["aliases"] = cfg["keywords"]
+    _check_ranges({"gain": gain, "rdnoise": rdnoise}, source, detector or {})
 
     closed = imagetyp in CLOSED_SHUTTER
     filt = "" if closed or values["filter"] is None else str(values["filter"]).strip()
+    # What a flat or light lacks: the plan names it if no master can calibrate the frame
+    missing = {} if closed or filt else {"filter": "/".join(cfg["keywords"]["filter"]) or "filter"}
     obj = "" if imagetyp != "light" else str(values["object"] or "").strip()
     ny, nx = header["_SHAPE"]
     setup = f"{xbin}x{ybin}_{nx}x{ny}"
@@ -364,6 +442,7 @@ def _classify(rel, entry, cfg, vocabulary=None):
         "hdu": header["_HDU"],
         "size": entry["key"][0],
         "fingerprint": entry["fingerprint"],
+        "missing": missing,
     }
 
 
@@ -414,7 +493,14 @@ def _frame_ids(paths):
     return ids
 
 
-def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup")):
+def scan(
+    raw_dir,
+    cfg,
+    cache_path=None,
+    grouping=("object", "filter", "expgroup"),
+    detector=None,
+    overscan=None,
+):
     """Inventory of ``raw_dir``.
 
     Parameters
@@ -428,12 +514,28 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
         Rewritten only when it changes.
     grouping : sequence of str
         Frame-table columns whose values define a light frame's stack group.
+    detector : dict, optional
+        The ``detector`` section: header gain and read noise outside its sane ranges
+        reject the frame (:data:`DETECTOR_RANGES` when not given).
+    overscan : dict, optional
+        The ``overscan`` section when it is enabled: a frame whose overscan or trim
+        section (header keyword) is missing, not a section or does not fit its image is
+        rejected (``bad_section``).
+
+    Raises
+    ------
+    ccdflow.sections.SectionError
+        When a literal section of ``overscan`` cannot be a section of any image.
 
     Returns
     -------
     Inventory
     """
     raw_dir = Path(raw_dir)
+    if overscan:
+        from ccdflow.sections import check_configured
+
+        check_configured(overscan)
     extensions = tuple(e.lower() for e in cfg["extensions"])
     files = _walk(raw_dir, extensions, cfg.get("recursive", True))
     cache = _load_cache(cache_path) if cache_path else {}
@@ -449,6 +551,7 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
 
     frames, rejected = [], []
     excluded = cfg.get("exclude", [])
+    first_with = {}  # fingerprint -> first path with that content
     vocabulary = _vocabulary(cfg)
     for rel, entry in entries.items():
         if any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(Path(rel).name, p) for p in excluded):
@@ -458,8 +561,21 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
             reason, detail = entry["error"]
             rejected.append({"path": rel, "reason": reason, "detail": detail})
             continue
+        original = first_with.setdefault(entry["fingerprint"], rel)
+        if original != rel:
+            rejected.append(
+                {
+                    "path": rel,
+                    "reason": f"duplicate_of:{original}",
+                    "detail": f"same content (fingerprint {entry['fingerprint']}) as {original}",
+                }
+            )
+            continue
         try:
-            frames.append(_classify(rel, entry, cfg, vocabulary))
+            record = _classify(rel, entry, cfg, vocabulary, detector)
+            if overscan:
+                _check_sections(record, entry["header"], overscan)
+            frames.append(record)
         except ValueError as exc:
             reason, detail = exc.args if len(exc.args) == 2 else ("bad_value", str(exc))
             rejected.append({"path": rel, "reason": reason, "detail": detail})
@@ -489,6 +605,20 @@ def scan(raw_dir, cfg, cache_path=None, grouping=("object", "filter", "expgroup"
         group = "_".join(sanitize(f[k]) for k in grouping)
         f["group"] = group if f["imagetyp"] == "light" else ""
     return Inventory(frames=frames, rejected=rejected)
+
+
+def rejection_summary(rejected):
+    """One line on the rejected files: count per reason and the first detail of each.
+
+    >>> rejection_summary([{"path": "a.fits", "reason": "checksum", "detail": "DATASUM ..."}])
+    '1 rejected: checksum 1 (a.fits: DATASUM ...)'
+    """
+    first, counts = {}, {}
+    for r in rejected:
+        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+        first.setdefault(r["reason"], f"{r['path']}: {r['detail']}")
+    parts = [f"{reason} {n} ({first[reason]})" for reason, n in sorted(counts.items())]
+    return f"{len(rejected)} rejected: " + "; ".join(parts) if rejected else "0 rejected"
 
 
 def _tsv_value(value):

@@ -1,14 +1,22 @@
 """Calibration plan: which masters to make and which masters each frame uses.
 
 Pure function of the inventory and the configuration, evaluated when the Snakefile is
-parsed, so a dry run shows the whole job graph and every job lists its inputs. An
-impossible plan (a filter with lights but no flats, too few frames for a master)
-raises :class:`PlanError` with one message that says what is missing and how to fix it.
+parsed, so a dry run shows the whole job graph and every job lists its inputs.
+
+Reject the frame, not the night (DESIGN §8): with ``calibration.missing_master:
+exclude`` (the default) a light that no master can calibrate (no flat of its filter or
+setup) and calibration frames too few for a master are left out with a reason code in
+``Plan.rejected`` (``no_matching_master``, ``missing_keyword:FILTER``,
+``too_few_frames``) and everything else is reduced. Only a step impossible for every
+light (no light can get a flat while flats are required) raises :class:`PlanError`, with
+one message that says what is missing and how to fix it; ``missing_master: error``
+raises at the first such problem.
 """
 
 __all__ = [
     "CALIBRATION_TABLE_COLUMNS",
     "FRAME_TABLE_COLUMNS",
+    "REJECT_REASONS",
     "MasterSpec",
     "Plan",
     "PlanError",
@@ -48,6 +56,11 @@ CALIBRATION_TABLE_COLUMNS = (
     "reference",
     "candidates",
 )
+
+#: Reason codes of the frames the plan leaves out (``Plan.rejected``).
+REJECT_REASONS = ("no_matching_master", "missing_keyword:<KEY>", "too_few_frames")
+#: What to do with a frame no master can calibrate (``calibration.missing_master``).
+MISSING_MASTER_DEFAULT = "exclude"
 
 
 class PlanError(Exception):
@@ -93,13 +106,15 @@ class Plan:
     """Masters by name, and per light frame (by frame id) the masters it uses.
 
     ``masters`` are made by this run; ``library`` holds the library masters in use
-    (by name, which is their path).
+    (by name, which is their path); ``rejected`` the frames left out (rows of
+    rejected.tsv: path, reason, detail).
     """
 
     masters: dict = field(default_factory=dict)
     lights: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     library: dict = field(default_factory=dict)
+    rejected: list = field(default_factory=list)
 
     def spec(self, name):
         """The master called ``name``, made here or from the library."""
@@ -144,13 +159,14 @@ def choose_dark(exptime, expgroup, darks, scalable=True):
     return pick, exptime / pick.exptime
 
 
-def _require(frames, kind, key, minimum, fix):
-    if len(frames) < minimum:
-        names = ", ".join(f["path"] for f in frames[:5]) + (" ..." if len(frames) > 5 else "")
-        raise PlanError(
-            f"{kind} {key}: {len(frames)} frame(s) ({names}) but calibration.min_frames.{kind}"
-            f" is {minimum}. {fix}"
-        )
+def _names(frames):
+    return ", ".join(f["path"] for f in frames[:5]) + (" ..." if len(frames) > 5 else "")
+
+
+def _missing_keyword(f):
+    """``missing_keyword:FILTER`` for a flat or light the header gave no filter, else ''."""
+    aliases = f.get("missing", {}).get("filter")
+    return f"missing_keyword:{aliases.split('/')[0]}" if aliases else ""
 
 
 def night_of(date, utc_offset_hours=0.0):
@@ -242,6 +258,34 @@ def make_plan(inventory, cfg, overscan=None, library=()):
             )
     minimum = cfg["min_frames"]
     fix = "Add frames, lower the minimum, or exclude them (inventory.exclude)."
+    policy = cfg.get("missing_master", MISSING_MASTER_DEFAULT)
+    problems = []  # what stops the plan with missing_master: error
+
+    def problem(message, frames, reason):
+        """Stop (policy 'error') or leave ``frames`` out with ``reason(frame)``."""
+        if policy == "error":
+            raise PlanError(message)
+        problems.append(message)
+        for f in frames:
+            aliases = f.get("missing", {}).get("filter")
+            why = f"no {aliases} in its header (filter 'none'); " if aliases else ""
+            plan.rejected.append({"path": f["path"], "reason": reason(f), "detail": why + message})
+
+    def enough(members, kind, key):
+        """Are there enough frames for a master? If not, a problem."""
+        if len(members) >= minimum[kind]:
+            return True
+        message = (
+            f"{kind} {key}: {len(members)} frame(s) ({_names(members)}) but "
+            f"calibration.min_frames.{kind} is {minimum[kind]}. {fix}"
+        )
+        problem(message, members, lambda f: _missing_keyword(f) or "too_few_frames")
+        return False
+
+    flat_setups = {}  # filter -> setups with flats of it (for the messages)
+    for f in inventory.frames:
+        if f["imagetyp"] == "flat":
+            flat_setups.setdefault(f["filter"], set()).add(f["setup"])
     by_night = cfg.get("by_night", False)
     offset = cfg.get("night_utc_offset_hours", 0.0)
     gap = cfg.get("max_night_gap", 30) if by_night else 10**9
@@ -268,6 +312,7 @@ def make_plan(inventory, cfg, overscan=None, library=()):
         return f"{setup}_{n or 'undated'}" if by_night else setup
 
     for setup in sorted({f["setup"] for f in inventory.frames}):
+        warnings_before = len(plan.warnings)
         frames = [f for f in inventory.frames if f["setup"] == setup]
         of = {t: [f for f in frames if f["imagetyp"] == t] for t in ("bias", "dark", "flat")}
         lights = [f for f in frames if f["imagetyp"] == "light"]
@@ -281,9 +326,7 @@ def make_plan(inventory, cfg, overscan=None, library=()):
         if cfg.get("use_bias", True):
             for n in nights:
                 members = [f for f in of["bias"] if night(f) == n]
-                if members:
-                    key = f"(setup {tag(setup, n)})"
-                    _require(members, "bias", key, minimum["bias"], fix)
+                if members and enough(members, "bias", f"(setup {tag(setup, n)})"):
                     spec = MasterSpec("bias", f"bias_{tag(setup, n)}", setup, members, night=n)
                     biases[n] = plan.masters[spec.name] = spec
         if lights and not biases and not lib_bias:
@@ -297,9 +340,9 @@ def make_plan(inventory, cfg, overscan=None, library=()):
                 if night(f) == n:
                     groups.setdefault(f["expgroup"], []).append(f)
             for label, members in sorted(groups.items()):
+                if not enough(members, "dark", f"{label} s (setup {tag(setup, n)})"):
+                    continue
                 bias = with_library(biases, lib_bias, members[0], n)[0]
-                key = f"{label} s (setup {tag(setup, n)})"
-                _require(members, "dark", key, minimum["dark"], fix)
                 temps = [f["temperature"] for f in members if f.get("temperature") is not None]
                 d = MasterSpec(
                     "dark",
@@ -356,8 +399,8 @@ def make_plan(inventory, cfg, overscan=None, library=()):
             flats.setdefault((night(f), f["filter"]), []).append(f)
         flat_specs = {}
         for (n, filt), members in sorted(flats.items()):
-            key = f"filter {filt} (setup {tag(setup, n)})"
-            _require(members, "flat", key, minimum["flat"], fix)
+            if not enough(members, "flat", f"filter {filt} (setup {tag(setup, n)})"):
+                continue
             bias = with_library(biases, lib_bias, members[0], n)[0]
             spec = MasterSpec(
                 "flat",
@@ -426,11 +469,22 @@ def make_plan(inventory, cfg, overscan=None, library=()):
         if missing and cfg.get("use_flat", True) and cfg.get("require_flat", True):
             counts = ", ".join(f"{m} ({len(v)} light frames)" for m, v in sorted(missing.items()))
             within = f" within {gap} nights" if by_night else ""
-            raise PlanError(
-                f"setup {setup}: no flat frames{within} for filter(s) {counts}. Add flats "
-                "of these filters to raw_dir, or set calibration.require_flat: false to "
-                "calibrate them without a flat."
+            elsewhere = sorted({s for m in missing for s in flat_setups.get(m, ())} - {setup})
+            problem(
+                f"setup {setup}: no flat frames{within} for filter(s) {counts}"
+                + (f" (flats of them exist for setup {', '.join(elsewhere)})" if elsewhere else "")
+                + ". Add flats of these filters to raw_dir, or set calibration.require_flat: "
+                "false to calibrate them without a flat.",
+                [f for v in missing.values() for f in v],
+                lambda f: _missing_keyword(f) or "no_matching_master",
             )
+            for v in missing.values():
+                for f in v:
+                    del plan.lights[f["frame"]]
+            if lights and not any(f["frame"] in plan.lights for f in lights):
+                del plan.warnings[warnings_before:]  # about a setup that is not reduced
+    if problems and not plan.lights and any(f["imagetyp"] == "light" for f in inventory.frames):
+        raise PlanError("no light frame can be calibrated: " + " ".join(problems))
     return plan
 
 
@@ -540,14 +594,18 @@ def calibration_table(plan, references):
 def frame_table(frames, plan, references, utc_offset_hours=0.0):
     """Rows of frames.tsv: the inventory's columns plus what the plan does with each frame.
 
+    Frames the plan left out are not listed (they are in ``plan.rejected``).
     ``night`` is the night of every frame (DATE-OBS, local noon to noon, whether or not
     calibrations are matched by night); ``master`` the master a calibration frame goes
     into; a light frame gets the columns of :func:`calibration_table`.
     """
     into = {f["path"]: m.name for m in plan.masters.values() for f in m.frames}
     lights = {row["frame"]: row for row in calibration_table(plan, references)}
+    left_out = {r["path"] for r in plan.rejected}
     out = []
     for f in frames:
+        if f["path"] in left_out:
+            continue  # in rejected.tsv instead
         row = {**f, "night": night_of(f.get("date", ""), utc_offset_hours)}
         row["master"] = into.get(f["path"], "")
         use = lights.get(f["frame"], {})

@@ -12,8 +12,10 @@ polynomial, and subtracted from the whole row before trimming.
 
 __all__ = [
     "SectionError",
+    "check_configured",
     "overscan_levels",
     "parse_section",
+    "resolve_sections",
     "signal_in_overscan",
     "subtract_overscan",
 ]
@@ -68,6 +70,40 @@ def parse_section(value, shape, *, path="", keyword="section"):
             path, keyword, value, f"does not fit the image of {nx} x {ny} pixels (NAXIS1 x NAXIS2)"
         )
     return slice(y1 - 1, y2), slice(x1 - 1, x2)
+
+
+def resolve_sections(header, shape, overscan, path=""):
+    """Overscan and trim sections of a raw frame, from header keywords or literals.
+
+    ``overscan['biassec']`` / ``overscan['trimsec']`` are either a header keyword
+    (``'BIASSEC'``) or a literal section (``'[1:2048,1:4096]'``); an empty trimsec keeps
+    the whole frame. Raises :class:`ccdflow.sections.SectionError` naming file, keyword
+    and value when a section is missing or does not fit.
+    """
+    out = []
+    for what in ("biassec", "trimsec"):
+        spec = str(overscan.get(what) or "").strip()
+        if what == "trimsec" and not spec:
+            out.append((slice(0, shape[0]), slice(0, shape[1])))
+            continue
+        if spec.startswith("["):
+            value, keyword = spec, f"overscan.{what}"
+        else:
+            value, keyword = header.get(spec), spec
+            if value in (None, ""):
+                raise SectionError(path, keyword, None, f"is missing ({what} of the overscan)")
+        out.append(parse_section(value, shape, path=path, keyword=keyword))
+    return out[0], out[1]
+
+
+def check_configured(overscan):
+    """Literal sections of the ``overscan`` configuration that cannot be a section of any
+    image raise :class:`SectionError` naming the key (header keywords are checked per
+    frame, by the inventory)."""
+    for what in ("biassec", "trimsec"):
+        spec = str(overscan.get(what) or "").strip()
+        if spec.startswith("["):
+            parse_section(spec, (10**9, 10**9), path="config", keyword=f"overscan.{what}")
 
 
 def overscan_levels(data, biassec, method="median", order=3):

@@ -10,6 +10,7 @@ import yaml
 from astropy.io import fits
 
 from ccdflow import inventory
+from ccdflow.sections import SectionError
 
 CONFIG = yaml.safe_load((Path(__file__).resolve().parents[2] / "config/config.yaml").read_text())
 
@@ -26,6 +27,7 @@ def write_frame(path, cards=(), dtype=np.uint16, shape=(8, 10), extension=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = (np.arange(shape[0] * shape[1]).reshape(shape) % 50 + 1000).astype(dtype)
     header = fits.Header()
+    header["ORIGNAME"] = str(path)[-68:]  # equal cards under two names: not duplicates
     for key, value in dict(cards).items():
         header[key] = value
     if extension:
@@ -160,6 +162,66 @@ def test_setup_binning_detector_values_and_datamax(tmp_path, cfg):
     assert frames["i16.fits"]["datamax"] == 32767.0
 
 
+@pytest.mark.parametrize(
+    ("cards", "reason", "words"),
+    [
+        ({"GAIN": 0.0}, "gain_out_of_range", ["GAIN = 0 ", "0.05-50 e-/ADU", "detector.gain"]),
+        ({"GAIN": 1e4}, "gain_out_of_range", ["GAIN = 10000 ", "detector.gain_range"]),
+        ({"RDNOISE": 0.0}, "read_noise_out_of_range", ["RDNOISE = 0 ", "0.1-100 e-"]),
+    ],
+)
+def test_insane_header_gain_or_read_noise_rejects_the_frame(tmp_path, cfg, cards, reason, words):
+    light(tmp_path / "a.fits", **cards)
+    _, rejected = scan(tmp_path, cfg, detector=CONFIG["detector"])
+    assert rejected["a.fits"]["reason"] == reason
+    for word in words:
+        assert word in rejected["a.fits"]["detail"]
+    key = "gain" if "GAIN" in cards else "read_noise"
+    frames, _ = scan(tmp_path, cfg, detector={**CONFIG["detector"], key: 2.0})
+    assert list(frames) == ["a.fits"]  # a configured value is used, the header's ignored
+
+
+def test_egain_is_read_before_a_gain_setting(tmp_path, cfg):
+    light(tmp_path / "nina.fits", GAIN=100, EGAIN=0.25)
+    frames, _ = scan(tmp_path, cfg)
+    assert frames["nina.fits"]["gain"] == 0.25
+    light(tmp_path / "nina.fits", GAIN=100)  # the setting alone: not e-/ADU
+    _, rejected = scan(tmp_path, cfg)
+    assert rejected["nina.fits"]["reason"] == "gain_out_of_range"
+    assert (
+        "put it first in inventory.keywords.gain (now EGAIN/GAIN)"
+        in rejected["nina.fits"]["detail"]
+    )
+
+
+OVERSCAN = {**CONFIG["overscan"], "enabled": True, "trimsec": "TRIMSEC"}
+
+
+def test_nonsense_section_keywords_reject_the_frame_at_the_inventory(tmp_path, cfg):
+    good = {"BIASSEC": "[9:10,1:8]", "TRIMSEC": "[1:8,1:8]"}
+    light(tmp_path / "good.fits", **good)
+    light(tmp_path / "zero.fits", **{**good, "BIASSEC": "[0,513:0,1536]"})
+    light(tmp_path / "outside.fits", **{**good, "TRIMSEC": "[1:80,1:8]"})
+    light(tmp_path / "none.fits", TRIMSEC="[1:8,1:8]")
+    frames, rejected = scan(tmp_path, cfg, overscan=OVERSCAN)
+    assert list(frames) == ["good.fits"]
+    assert {k: r["reason"] for k, r in rejected.items()} == dict.fromkeys(
+        ["none.fits", "outside.fits", "zero.fits"], "bad_section"
+    )
+    assert "BIASSEC = '[0,513:0,1536]' is not a section" in rejected["zero.fits"]["detail"]
+    assert "TRIMSEC = '[1:80,1:8]' does not fit" in rejected["outside.fits"]["detail"]
+    assert "BIASSEC = None is missing" in rejected["none.fits"]["detail"]
+    assert "overscan.biassec" in rejected["zero.fits"]["detail"]  # how to fix it
+    frames, rejected = scan(tmp_path, cfg)  # no overscan: sections are not used
+    assert len(frames) == 4
+
+
+def test_a_configured_section_that_is_none_stops_the_scan(tmp_path, cfg):
+    light(tmp_path / "a.fits")
+    with pytest.raises(SectionError, match=r"overscan.biassec = '\[0,513:0,1536\]' is not"):
+        inventory.scan(tmp_path, cfg, overscan={**OVERSCAN, "biassec": "[0,513:0,1536]"})
+
+
 @pytest.mark.parametrize("ccdsum", ["2 2", "2x2", " 2  2 "])
 def test_ccdsum_binning_when_no_x_y_keywords(tmp_path, cfg, ccdsum):
     # NOAO-style cameras write the binning in one card; it must set the setup, or binned
@@ -202,6 +264,44 @@ def test_truncated_and_unreadable_files_are_rejected_not_fatal(tmp_path, cfg):
     assert rejected["x.fits"]["reason"] == "unreadable"
     assert rejected["short.fits"]["reason"] == "unreadable"
     assert "notes.txt" not in rejected  # not a frame extension: ignored, not rejected
+
+
+def test_a_flipped_byte_fails_the_checksum_and_rejects_the_file(tmp_path, cfg):
+    for name in ("good.fits", "flipped.fits", "header.fits", "plain.fits"):
+        path = light(tmp_path / name, OBSERVER="me")
+        if name != "plain.fits":
+            with fits.open(path) as hdul:
+                hdul.writeto(path, checksum=True, overwrite=True)
+    data = bytearray((tmp_path / "flipped.fits").read_bytes())
+    data[2880 + 41] ^= 0x10  # one bit of one pixel
+    (tmp_path / "flipped.fits").write_bytes(data)
+    data = bytearray((tmp_path / "header.fits").read_bytes())
+    data[data.index(b"OBSERVER= 'me") + 11] = ord("y")  # 'me' -> 'ye'
+    (tmp_path / "header.fits").write_bytes(data)
+    frames, rejected = scan(tmp_path, cfg)
+    assert sorted(frames) == ["good.fits", "plain.fits"]  # no CHECKSUM: not checked
+    assert {k: r["reason"] for k, r in rejected.items()} == {
+        "flipped.fits": "checksum",
+        "header.fits": "checksum",
+    }
+    assert "DATASUM" in rejected["flipped.fits"]["detail"]
+    assert "CHECKSUM" in rejected["header.fits"]["detail"]
+    assert "DATASUM" not in rejected["header.fits"]["detail"]
+
+
+def test_a_frame_copied_under_two_names_is_used_once(tmp_path, cfg):
+    light(tmp_path / "a.fits")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "copy.fits").write_bytes((tmp_path / "a.fits").read_bytes())
+    (tmp_path / "b.fits").write_bytes((tmp_path / "a.fits").read_bytes())
+    light(tmp_path / "other.fits", OBJECT="other")
+    frames, rejected = scan(tmp_path, cfg)
+    assert sorted(frames) == ["a.fits", "other.fits"]
+    assert {k: r["reason"] for k, r in rejected.items()} == {
+        "b.fits": "duplicate_of:a.fits",
+        "sub/copy.fits": "duplicate_of:a.fits",
+    }
+    assert "as a.fits" in rejected["b.fits"]["detail"]
 
 
 def test_truncated_file_is_picked_up_once_complete(tmp_path, cfg):

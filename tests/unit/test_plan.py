@@ -89,7 +89,8 @@ def test_choose_dark_without_darks_or_with_only_zero_second_darks():
 
 def _write(path, cards):
     data = np.full((8, 10), 1000, dtype=np.uint16)
-    fits.PrimaryHDU(data, header=fits.Header(cards)).writeto(path)
+    header = fits.Header({**cards, "ORIGNAME": path.name})  # equal frames would be duplicates
+    fits.PrimaryHDU(data, header=header).writeto(path)
 
 
 def test_plan_of_a_scanned_night(tmp_path, cal):
@@ -145,7 +146,8 @@ def test_plan_of_a_scanned_night(tmp_path, cal):
     assert p.warnings == []
 
 
-def test_lights_in_a_filter_without_flats_stop_the_plan(cal):
+def test_lights_in_a_filter_without_flats_stop_the_plan_with_policy_error(cal):
+    cal["missing_master"] = "error"
     inv = night(
         rec("bias", n=3),
         rec("flat", 2.0, "V", n=3),
@@ -158,6 +160,50 @@ def test_lights_in_a_filter_without_flats_stop_the_plan(cal):
     assert "Ha (2 light frames)" in message
     assert "V (" not in message
     assert "require_flat: false" in message and "Add flats" in message  # how to fix it
+
+
+def test_lights_no_master_can_calibrate_are_excluded_and_the_rest_reduced(cal):
+    assert cal["missing_master"] == "exclude"  # the default
+    no_filter = rec("light", 300.0, "none", start=7, missing={"filter": "FILTER/FILTER1"})
+    inv = night(
+        rec("bias", n=3),
+        rec("flat", 2.0, "V", n=3),
+        rec("light", 300.0, "V"),
+        rec("light", 300.0, "Ha", n=2),
+        rec("light", 300.0, "V", setup="2x2_5x4"),  # binned: no master for its setup
+        no_filter,
+    )
+    p = plan.make_plan(inv, cal)
+    assert list(p.lights) == [rec("light", 300.0, "V")[0]["frame"]]
+    reasons = {r["path"]: r["reason"] for r in p.rejected}
+    assert reasons == {
+        "light_Ha_300s_1x1_10x8_000.fits": "no_matching_master",
+        "light_Ha_300s_1x1_10x8_001.fits": "no_matching_master",
+        "light_V_300s_2x2_5x4_000.fits": "no_matching_master",
+        no_filter[0]["path"]: "missing_keyword:FILTER",
+    }
+    detail = {r["path"]: r["detail"] for r in p.rejected}
+    ha = detail["light_Ha_300s_1x1_10x8_000.fits"]
+    assert "no flat frames for filter(s) Ha (2 light frames)" in ha
+    binned = detail["light_V_300s_2x2_5x4_000.fits"]
+    assert "setup 2x2_5x4" in binned and f"flats of them exist for setup {SETUP}" in binned
+    assert "setup 2x2_5x4" not in " ".join(p.warnings)  # no warnings about a setup left out
+
+
+def test_a_single_flat_without_filter_is_excluded_not_fatal(cal):
+    stray = rec("flat", 2.0, "none", start=5, missing={"filter": "FILTER"})
+    inv = night(rec("bias", n=3), rec("flat", 2.0, "V", n=3), stray, rec("light", 300.0, "V"))
+    p = plan.make_plan(inv, cal)
+    assert len(p.lights) == 1 and f"flat_{SETUP}_none" not in p.masters
+    (r,) = p.rejected
+    assert (r["path"], r["reason"]) == (stray[0]["path"], "missing_keyword:FILTER")
+    assert "calibration.min_frames.flat is 3" in r["detail"]
+
+
+def test_no_flat_for_any_light_stops_the_plan_whatever_the_policy(cal):
+    inv = night(rec("bias", n=3), rec("light", 300.0, "V"), rec("light", 300.0, "R"))
+    with pytest.raises(plan.PlanError, match=r"no light frame can be calibrated: .*R \(1 light"):
+        plan.make_plan(inv, cal)
 
 
 def test_require_flat_false_calibrates_without_a_flat(cal):
@@ -189,7 +235,8 @@ def test_flats_of_another_setup_do_not_count(cal):
         ("flat", rec("flat", 2.0, "V", n=2)),
     ],
 )
-def test_too_few_frames_for_a_master_stop_the_plan(cal, kind, frames):
+def test_too_few_frames_for_a_master_stop_the_plan_with_policy_error(cal, kind, frames):
+    cal["missing_master"] = "error"
     enough = {"bias": rec("bias", n=3), "dark": [], "flat": rec("flat", 2.0, "V", n=3)}
     enough[kind] = frames
     inv = night(*enough.values(), rec("light", 300.0, "V"))
@@ -203,6 +250,19 @@ def test_too_few_frames_for_a_master_stop_the_plan(cal, kind, frames):
     assert frames[-1]["path"] in message  # names the files
     cal["min_frames"][kind] = count
     plan.make_plan(inv, cal)  # lowering the minimum lets it through
+
+
+def test_too_few_frames_for_a_master_are_excluded_by_default(cal):
+    few = rec("dark", 60.0, n=1)
+    flats = rec("flat", 2.0, "V", n=3)
+    inv = night(rec("bias", n=2), rec("dark", 300.0, n=3), few, flats, rec("light", 300.0, "V"))
+    p = plan.make_plan(inv, cal)
+    assert sorted(p.masters) == [f"dark_{SETUP}_300s", f"flat_{SETUP}_V"]
+    assert {r["path"]: r["reason"] for r in p.rejected} == {
+        **{f["path"]: "too_few_frames" for f in rec("bias", n=2)},
+        few[0]["path"]: "too_few_frames",
+    }
+    assert len(p.lights) == 1 and next(iter(p.lights.values()))["bias"] is None
 
 
 def test_without_bias_darks_are_not_scaled(cal):

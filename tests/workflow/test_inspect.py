@@ -42,7 +42,7 @@ def test_inspect_shows_classification_masters_and_choices(m51_dir):
 
 def test_inspect_explains_an_impossible_plan_and_a_bad_key(tmp_path):
     night = demo.make_night(tmp_path / "n", preset="test", seed=1)
-    for p in night["raw_dir"].glob("flat_R_*"):
+    for p in night["raw_dir"].glob("flat_*"):
         p.unlink()
     proc = inspect(night["raw_dir"])
     assert proc.returncode == 1
@@ -51,6 +51,22 @@ def test_inspect_explains_an_impossible_plan_and_a_bad_key(tmp_path):
     bad.write_text("detector: {gian: 2}\n")
     proc = inspect(night["raw_dir"], "--configfile", bad)
     assert proc.returncode == 2 and "gian" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_inspect_lists_objects_and_groups_and_fails_when_every_file_is_rejected(tmp_path):
+    night = demo.make_night(tmp_path / "n", preset="test", seed=2)
+    proc = inspect(night["raw_dir"])
+    assert proc.returncode == 0, proc.stderr
+    assert "objects: 1\n  M13demo" in proc.stdout and "(OBJECT 'M13demo')" in proc.stdout
+    assert "stack groups: 4" in proc.stdout and "M13demo_V_120" in proc.stdout
+    bad = tmp_path / "gain.yaml"
+    bad.write_text("detector: {gain_range: [0.05, 1.0]}\n")  # the night's GAIN is 1.5
+    proc = inspect(night["raw_dir"], "--configfile", bad)
+    assert proc.returncode == 1
+    assert "every file was rejected (28 rejected: gain_out_of_range 28" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = inspect(tmp_path / "nowhere")
+    assert proc.returncode == 2 and "is not a directory" in proc.stderr
 
 
 @pytest.mark.parametrize("key", ["inventory", "calibration", "cosmics", "align", "stack"])

@@ -153,13 +153,75 @@ def test_bad_files_are_skipped_and_reported(night, tmp_path):
     assert len(list((work / "results/calibrated").glob("*.fits"))) == 8
 
 
-def test_missing_flat_stops_at_parse_time_with_one_clear_message(night, tmp_path):
+def _stray(src, dst, drop=(), binned=False, **cards):
+    with fits.open(src) as hdul:
+        data, header = hdul[0].data, hdul[0].header.copy()
+    header.update(cards)
+    for key in drop:
+        del header[key]
+    if binned:
+        data = data[::2, ::2]
+        header["XBINNING"] = header["YBINNING"] = 2
+    fits.PrimaryHDU(data, header).writeto(dst)
+
+
+def test_stray_frames_are_rejected_and_the_night_is_reduced(night, tmp_path):
     raw = tmp_path / "raw"
-    shutil.copytree(night["raw_dir"], raw, ignore=shutil.ignore_patterns("flat_R_*"))
+    shutil.copytree(night["raw_dir"], raw)
+    _stray(raw / "light_M13demo_V_060s_001.fits", raw / "stray_nofilter.fits", drop=["FILTER"])
+    _stray(raw / "light_M13demo_V_060s_002.fits", raw / "stray_binned.fits", binned=True)
+    _stray(raw / "flat_V_001.fits", raw / "stray_flat.fits", drop=["FILTER"])
+    _stray(raw / "light_M13demo_R_060s_002.fits", raw / "stray_gain.fits", GAIN=0.0)
+    shutil.copy(raw / "light_M13demo_R_060s_001.fits", raw / "light_copy.fits")
+    with fits.open(raw / "light_M13demo_R_120s_001.fits") as hdul:
+        hdul.writeto(raw / "stray_corrupt.fits", checksum=True)
+    data = bytearray((raw / "stray_corrupt.fits").read_bytes())
+    data[-1000] ^= 0x01
+    (raw / "stray_corrupt.fits").write_bytes(data)
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake(work, config={"raw_dir": raw})
+    assert proc.returncode == 0
+    rejected = {r["path"]: r for r in read_tsv(work / "results/index/rejected.tsv")}
+    assert {p: r["reason"] for p, r in rejected.items()} == {
+        "light_copy.fits": "duplicate_of:light_M13demo_R_060s_001.fits",
+        "stray_binned.fits": "no_matching_master",
+        "stray_corrupt.fits": "checksum",
+        "stray_flat.fits": "missing_keyword:FILTER",
+        "stray_gain.fits": "gain_out_of_range",
+        "stray_nofilter.fits": "missing_keyword:FILTER",
+    }
+    assert "setup 2x2_64x48" in rejected["stray_binned.fits"]["detail"]
+    assert "FILTER" in rejected["stray_nofilter.fits"]["detail"]
+    assert "GAIN = 0 is outside the sane range 0.05-50" in rejected["stray_gain.fits"]["detail"]
+    assert "stray_binned.fits: no_matching_master" in proc.stderr  # listed at parse time
+    frames = {r["path"] for r in read_tsv(work / "results/index/frames.tsv")}
+    assert not frames & set(rejected)
+    assert sorted(p.name for p in (work / "results/stacks").glob("*.fits")) == [
+        f"M13demo_{f}_{t}.fits" for f in ("R", "V") for t in ("120", "60")
+    ]
+    assert len(list((work / "results/records").glob("*.json"))) == 8
+
+
+def test_a_gain_setting_on_every_frame_stops_at_parse_time_naming_it(night, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for path in night["raw_dir"].iterdir():
+        _stray(path, raw / path.name, GAIN=1e4)
     proc = snakemake(tmp_path, "-n", config={"raw_dir": raw}, check=False)
     assert proc.returncode != 0
     err = proc.stdout + proc.stderr
-    assert "no flat frames for filter(s) R (4 light frames)" in err
+    assert "gain_out_of_range 28 (" in err and "GAIN = 10000 is outside" in err
+    assert "Traceback" not in err
+
+
+def test_no_flats_at_all_stops_at_parse_time_with_one_clear_message(night, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(night["raw_dir"], raw, ignore=shutil.ignore_patterns("flat_*"))
+    proc = snakemake(tmp_path, "-n", config={"raw_dir": raw}, check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "no flat frames for filter(s) R (4 light frames), V (4 light frames)" in err
     assert "require_flat" in err  # says how to fix it
     assert "Traceback" not in err
 

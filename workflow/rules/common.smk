@@ -14,6 +14,7 @@ import ccdflow
 from ccdflow import inventory as ccd_inventory
 from ccdflow import library as ccd_library
 from ccdflow import plan as ccd_plan
+from ccdflow import sections as ccd_sections
 from ccdflow import select as ccd_select
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -25,21 +26,25 @@ if RAW_DIR is None or not RAW_DIR.is_dir():
         f"raw_dir {config['raw_dir']!r} is not a directory. Point ccdflow at your frames: "
         "snakemake --cores all --config raw_dir=/path/to/night"
     )
-INVENTORY = ccd_inventory.scan(
-    RAW_DIR,
-    config["inventory"],
-    cache_path="results/index/header_cache.pkl",
-    grouping=config["group_by"],
-)
-ccd_inventory.write_tsv(
-    "results/index/rejected.tsv", INVENTORY.rejected, ("path", "reason", "detail")
-)
-if not INVENTORY.frames:
-    raise WorkflowError(
-        f"no usable frames in {RAW_DIR} ({len(INVENTORY.rejected)} rejected, see "
-        "results/index/rejected.tsv); check inventory.extensions and the keywords"
-    )
 OVERSCAN = config["overscan"] if config["overscan"]["enabled"] else None
+try:
+    INVENTORY = ccd_inventory.scan(
+        RAW_DIR,
+        config["inventory"],
+        cache_path="results/index/header_cache.pkl",
+        grouping=config["group_by"],
+        detector=config["detector"],
+        overscan=OVERSCAN,
+    )
+except ccd_sections.SectionError as exc:  # a configured section that is none
+    raise WorkflowError(f"{exc}; fix it in the configuration") from None
+REJECTED_COLUMNS = ("path", "reason", "detail")
+if not INVENTORY.frames:
+    ccd_inventory.write_tsv("results/index/rejected.tsv", INVENTORY.rejected, REJECTED_COLUMNS)
+    raise WorkflowError(
+        f"no usable frames in {RAW_DIR}: {ccd_inventory.rejection_summary(INVENTORY.rejected)}."
+        " See results/index/rejected.tsv; check inventory.extensions and the keywords"
+    )
 try:
     LIBRARY, _library_skipped = ccd_library.scan_library(
         config["calibration"]["library"],
@@ -52,8 +57,11 @@ try:
     PLAN = ccd_plan.make_plan(INVENTORY, config["calibration"], OVERSCAN, LIBRARY)
 except ccd_plan.PlanError as exc:
     # the frame table is still written, so the user can see what was found
+    ccd_inventory.write_tsv("results/index/rejected.tsv", INVENTORY.rejected, REJECTED_COLUMNS)
     ccd_inventory.write_tsv("results/index/frames.tsv", INVENTORY.frames, ccd_inventory.COLUMNS)
     raise WorkflowError(str(exc)) from None
+REJECTED = INVENTORY.rejected + PLAN.rejected
+ccd_inventory.write_tsv("results/index/rejected.tsv", REJECTED, REJECTED_COLUMNS)
 REFERENCES = ccd_plan.choose_references(PLAN.lights, config["align"]["reference"])
 
 
@@ -72,7 +80,7 @@ ccd_inventory.write_tsv(
 GROUPS = PLAN.groups()
 for _message in PLAN.warnings:
     print(f"ccdflow: {_message}", file=sys.stderr)
-for _r in INVENTORY.rejected:
+for _r in REJECTED:
     print(f"ccdflow: skipped {_r['path']}: {_r['reason']} {_r['detail']}", file=sys.stderr)
 for _r in _library_skipped:
     print(f"ccdflow: library: skipped {_r['path']}: {_r['detail']}", file=sys.stderr)
