@@ -7,7 +7,7 @@ the configured limit (default 2000 MB) for any N, and each file read once.
 For each N this writes synthetic uint16 bias frames (BZERO 32768) once, then per
 repeat:
 
-* ``read``: every row of every frame through ``calibrate._RowReader`` (the memory-map
+* ``read``: every row of every frame through ``calibrate._RowReader`` (the banded
   reader of ``make_master``), in the bands ``make_master`` uses, converted to float32;
 * ``combine``: ``calibrate.make_master(frames, 'bias', sigma_clip)`` in a child
   process under ``/usr/bin/time -v`` (peak RSS); the time is that of the call alone

@@ -29,7 +29,6 @@ import numpy as np
 
 from ccdflow import bits, provenance
 from ccdflow.combine import band_rows, combine_stack
-from ccdflow.io import FITS_DTYPES
 from ccdflow.sections import resolve_sections
 
 
@@ -65,31 +64,20 @@ def _overscan_levels(strip, rows, overscan):
 
 
 class _RowReader:
-    """Rows of one raw frame, read lazily from a memory map (each byte read once).
-
-    Plain FITS images are mapped directly (big-endian integers or floats, BSCALE/BZERO
-    applied per band, BLANK -> NaN); compressed ones are decoded whole by astropy.
-    """
+    """Rows of one raw frame, overscan-subtracted and trimmed, read band by band through
+    the one row reader (`ccdflow.io.ImageRows`: each byte read once, float32 with
+    BSCALE/BZERO applied and BLANK as NaN)."""
 
     def __init__(self, path, hdu, overscan=None):
         from astropy.io import fits
 
+        from ccdflow.io import ImageRows
+
         self.path = path
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            h = hdul[hdu]
-            self.header = h.header.copy()
-            self.shape = (int(self.header["NAXIS2"]), int(self.header["NAXIS1"]))
-            plain = not hdul._file.compression and not isinstance(h, fits.CompImageHDU)
-            offset = h.fileinfo()["datLoc"] if plain else None
-            self._whole = None if plain else np.asarray(h.data, dtype=np.float32)
-        if self._whole is None:
-            bitpix = int(self.header["BITPIX"])
-            self._map = np.memmap(
-                path, dtype=FITS_DTYPES[bitpix], mode="r", offset=offset, shape=self.shape
-            )
-            self._bscale = float(self.header.get("BSCALE", 1.0))
-            self._bzero = float(self.header.get("BZERO", 0.0))
-            self._blank = self.header.get("BLANK") if bitpix > 0 else None
+            self._image = ImageRows(path, hdul, hdu, integers=False)
+            self.header = self._image.header.copy()
+        self.shape = self._image.shape
         self.raw_shape = self.shape
         self.levels = None
         self._trim = (slice(0, self.shape[0]), slice(0, self.shape[1]))
@@ -104,17 +92,7 @@ class _RowReader:
             )
 
     def _raw_rows(self, y0, y1, cols=slice(None)):
-        if self._whole is not None:
-            return self._whole[y0:y1, cols]
-        raw = np.asarray(self._map[y0:y1, cols])
-        out = raw.astype(np.float32)
-        if self._bscale != 1.0:
-            out *= np.float32(self._bscale)
-        if self._bzero != 0.0:
-            out += np.float32(self._bzero)
-        if self._blank is not None:
-            out[raw == self._blank] = np.nan
-        return out
+        return self._image.rows(y0, y1, cols)
 
     def rows(self, y0, y1, saturation=None):
         """Rows ``y0:y1`` of the (trimmed) frame: values (overscan subtracted), a mask of
@@ -128,8 +106,7 @@ class _RowReader:
         return raw, bad, sat
 
     def close(self):
-        self._map = None
-        self._whole = None
+        self._image = None
 
 
 def _open_all(frames, overscan=None):

@@ -20,6 +20,7 @@ __all__ = [
     "FITS_DTYPES",
     "FrameError",
     "Header",
+    "ImageRows",
     "ccd_hdulist",
     "quick_header",
     "read_frame",
@@ -245,6 +246,110 @@ def _finite(data, header):
         mask[bad] |= bits.BAD
         data = np.where(bad, np.float32(0), data)
     return data, header, mask
+
+
+class ImageRows:
+    """Rows of one image HDU of a FITS file, read on demand: the one banded row reader.
+
+    Plain (uncompressed) images are read with one positional read (``os.pread``) per
+    request, so a band costs exactly its bytes, nothing stays mapped or open between
+    requests, and the resident size stays at the band; compressed ones are decoded whole
+    once. Floats come back as float32 (BSCALE/BZERO applied); integers with BSCALE = 1
+    and an integer BZERO (mask planes) as int32/int64 with BZERO applied; other integers
+    (raw frames) as float32 with BSCALE/BZERO applied and BLANK values as NaN, as astropy
+    scales them.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    hdul : astropy.io.fits.HDUList
+        The file opened by astropy (``lazy_load_hdus=True``), for the header and the data
+        offset; not kept.
+    index : int
+        Index of the image HDU.
+    integers : bool
+        Return unscaled integer planes as integers (mask bits); False: always float32.
+
+    Raises
+    ------
+    FrameError
+        The HDU is not a 2-D image (reason ``no_image``), or a read is past the end of
+        the file (``truncated``).
+    """
+
+    def __init__(self, path, hdul, index, *, integers=True):
+        from astropy.io import fits
+
+        h = hdul[index]
+        self.path = os.fspath(path)
+        self.header = h.header
+        self.shape = (int(h.header.get("NAXIS2", 0)), int(h.header.get("NAXIS1", 0)))
+        if int(h.header.get("NAXIS", 0)) != 2:
+            raise FrameError(path, "no_image", f"HDU {index} ({h.name}) is not a 2-D image")
+        bitpix = int(h.header["BITPIX"])
+        self._bscale = float(h.header.get("BSCALE", 1.0))
+        self._bzero = h.header.get("BZERO", 0)
+        self._integer = (
+            integers and bitpix > 0 and self._bscale == 1.0 and float(self._bzero).is_integer()
+        )
+        self._blank = h.header.get("BLANK") if bitpix > 0 else None
+        compressed = getattr(hdul.fileinfo(index)["file"], "compression", None)
+        if compressed or isinstance(h, fits.CompImageHDU):
+            # astropy has already scaled the data and turned BLANK into NaN
+            data = np.asarray(h.data)
+            self._whole = data.astype(np.int64 if self._integer else np.float32)
+        else:
+            self._whole = None
+            self._dtype = np.dtype(FITS_DTYPES[bitpix])
+            self._offset = int(h.fileinfo()["datLoc"])
+            self._rowbytes = self.shape[1] * self._dtype.itemsize
+
+    def _convert(self, raw):
+        if self._integer:
+            # mask planes: 16-bit with BZERO 32768 fit int32 (half the memory of int64)
+            out = raw.astype(np.int32 if raw.dtype.itemsize <= 2 else np.int64)
+            if self._bzero:
+                out += int(self._bzero)
+            return out
+        out = raw.astype(np.float32)
+        if self._bscale != 1.0:
+            out *= np.float32(self._bscale)
+        if self._bzero:
+            out += np.float32(self._bzero)
+        if self._blank is not None:
+            out[raw == self._blank] = np.nan
+        return out
+
+    def _read(self, fd, y0, y1):
+        # os.pread: one system call, no Python file object (np.fromfile on a file object
+        # costs about 0.1 ms a call, which dominated the strided sample reads)
+        nbytes = (y1 - y0) * self._rowbytes
+        raw = os.pread(fd, nbytes, self._offset + y0 * self._rowbytes)
+        if len(raw) != nbytes:
+            raise FrameError(self.path, "truncated", f"rows {y0}:{y1} are past the end")
+        return np.frombuffer(raw, dtype=self._dtype).reshape(y1 - y0, self.shape[1])
+
+    def rows(self, y0, y1, cols=slice(None)):
+        """Rows ``y0:y1`` (and columns ``cols``) as a new array."""
+        if self._whole is not None:
+            return self._whole[y0:y1, cols].copy()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return self._convert(self._read(fd, y0, y1)[:, cols])
+        finally:
+            os.close(fd)
+
+    def sample(self, step, col_step=1):
+        """Every ``step``-th row and ``col_step``-th column, starting at pixel (0, 0)."""
+        if self._whole is not None:
+            return self._whole[::step, ::col_step].copy()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            raw = [self._read(fd, y, y + 1)[:, ::col_step] for y in range(0, self.shape[0], step)]
+        finally:
+            os.close(fd)
+        return self._convert(np.concatenate(raw))
 
 
 def ccd_hdulist(data, header, uncertainty=None, mask=None, unit=None):

@@ -41,7 +41,7 @@ import numpy as np
 
 from ccdflow import bits, provenance
 from ccdflow.combine import METHODS, SPREADS, band_rows, reject
-from ccdflow.io import FITS_DTYPES, FrameError
+from ccdflow.io import FrameError, ImageRows
 
 SCALES = ("none", "sky")
 WEIGHTS = ("none", "inverse_variance")
@@ -96,82 +96,6 @@ class StackResult:
     weights: np.ndarray | None = None
 
 
-class _ImageRows:
-    """Rows of one image HDU of a FITS file, read on demand.
-
-    Plain (uncompressed) images are read with a seek and one read per request, so a
-    band costs exactly its bytes and nothing stays mapped or open between requests;
-    compressed ones are decoded whole once. Floats come back as float32 (BSCALE/BZERO
-    applied), integers with ``BSCALE = 1`` as int64 with BZERO applied (mask bits).
-    """
-
-    def __init__(self, path, hdul, index):
-        from astropy.io import fits
-
-        h = hdul[index]
-        self.path = os.fspath(path)
-        self.header = h.header
-        self.shape = (int(h.header.get("NAXIS2", 0)), int(h.header.get("NAXIS1", 0)))
-        if int(h.header.get("NAXIS", 0)) != 2:
-            raise FrameError(path, "no_image", f"HDU {index} ({h.name}) is not a 2-D image")
-        bitpix = int(h.header["BITPIX"])
-        self._bscale = float(h.header.get("BSCALE", 1.0))
-        self._bzero = h.header.get("BZERO", 0)
-        self._integer = bitpix > 0 and self._bscale == 1.0 and float(self._bzero).is_integer()
-        compressed = getattr(hdul.fileinfo(index)["file"], "compression", None)
-        if compressed or isinstance(h, fits.CompImageHDU):
-            self._whole = self._convert(np.asarray(h.data))
-        else:
-            self._whole = None
-            self._dtype = np.dtype(FITS_DTYPES[bitpix])
-            self._offset = int(h.fileinfo()["datLoc"])
-            self._rowbytes = self.shape[1] * self._dtype.itemsize
-
-    def _convert(self, raw):
-        if self._integer:
-            # mask planes: 16-bit with BZERO 32768 fit int32 (half the memory of int64)
-            out = raw.astype(np.int32 if raw.dtype.itemsize <= 2 else np.int64)
-            if self._bzero:
-                out += int(self._bzero)
-            return out
-        out = raw.astype(np.float32)
-        if self._bscale != 1.0:
-            out *= np.float32(self._bscale)
-        if self._bzero:
-            out += np.float32(self._bzero)
-        return out
-
-    def _read(self, fd, y0, y1):
-        # os.pread: one system call, no Python file object (np.fromfile on a file object
-        # costs about 0.1 ms a call, which dominated the strided sample reads)
-        nbytes = (y1 - y0) * self._rowbytes
-        raw = os.pread(fd, nbytes, self._offset + y0 * self._rowbytes)
-        if len(raw) != nbytes:
-            raise FrameError(self.path, "truncated", f"rows {y0}:{y1} are past the end")
-        return np.frombuffer(raw, dtype=self._dtype).reshape(y1 - y0, self.shape[1])
-
-    def rows(self, y0, y1):
-        """Rows ``y0:y1`` as a new array."""
-        if self._whole is not None:
-            return self._whole[y0:y1].copy()
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            return self._convert(self._read(fd, y0, y1))
-        finally:
-            os.close(fd)
-
-    def sample(self, step, col_step=1):
-        """Every ``step``-th row and ``col_step``-th column, starting at pixel (0, 0)."""
-        if self._whole is not None:
-            return self._whole[::step, ::col_step].copy()
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            raw = [self._read(fd, y, y + 1)[:, ::col_step] for y in range(0, self.shape[0], step)]
-        finally:
-            os.close(fd)
-        return self._convert(np.concatenate(raw))
-
-
 class _Product:
     """Lazy row access to the data, ``UNCERT`` and ``MASK`` of one product."""
 
@@ -183,13 +107,13 @@ class _Product:
             with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
                 names = [h.name for h in hdul]
                 self.header = hdul[0].header.copy()
-                self.data = _ImageRows(path, hdul, 0)
+                self.data = ImageRows(path, hdul, 0)
                 if "UNCERT" not in names:
                     raise FrameError(path, "no_uncertainty", "no UNCERT extension")
-                self.uncert = _ImageRows(path, hdul, names.index("UNCERT"))
+                self.uncert = ImageRows(path, hdul, names.index("UNCERT"))
                 self.mask = None
                 if "MASK" in names:
-                    self.mask = _ImageRows(path, hdul, names.index("MASK"))
+                    self.mask = ImageRows(path, hdul, names.index("MASK"))
         except FrameError:
             raise
         except Exception as exc:  # astropy raises many types for broken files

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 
 from ccdflow import bits, io, provenance
 
@@ -59,3 +60,54 @@ def test_compressed_raw_falls_back_to_astropy(tmp_path):
     d, _, mask = io.read_frame(path, fast=True)
     np.testing.assert_array_equal(d, data)
     assert not mask.any()
+
+
+def test_the_row_reader_scales_like_astropy_and_reads_blank_as_nan(tmp_path):
+    # One banded reader for raw frames (BZERO/BSCALE, BLANK) and mask planes (integers).
+    rng = np.random.default_rng(4)
+    raw = rng.integers(-30000, 30000, (40, 25)).astype(np.int16)
+    raw[5, 7] = raw[30, 2] = -32768
+    header = fits.Header()
+    header["BSCALE"], header["BZERO"], header["BLANK"] = 2.0, 1000.0, -32768
+    mask = np.zeros(raw.shape, bits.MASK_DTYPE)
+    mask[1, 1] = bits.COSMIC | bits.NODATA
+    path = tmp_path / "scaled.fits"
+    image = fits.PrimaryHDU(raw, header=header, do_not_scale_image_data=True)
+    fits.HDUList([image, fits.ImageHDU(mask, name="MASK")]).writeto(path)
+    with fits.open(path) as hdul:
+        expected = hdul[0].data.astype(np.float32)  # astropy: scaled, BLANK -> NaN
+    with fits.open(path, lazy_load_hdus=True) as hdul:
+        rows = io.ImageRows(path, hdul, 0, integers=False)
+        bits_rows = io.ImageRows(path, hdul, 1)
+    got = np.concatenate([rows.rows(y, min(y + 7, 40)) for y in range(0, 40, 7)])
+    assert np.isnan(got[5, 7]) and np.isnan(got[30, 2]) and np.isnan(got).sum() == 2
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(rows.rows(10, 12, slice(3, 9)), expected[10:12, 3:9])
+    np.testing.assert_array_equal(rows.sample(4, 3), expected[::4, ::3])
+    marks = bits_rows.rows(0, 40)
+    assert marks.dtype.kind == "i" and marks[1, 1] == bits.COSMIC | bits.NODATA
+
+
+def test_the_row_reader_reads_a_compressed_frame_once_scaled(tmp_path):
+    raw = np.random.default_rng(5).integers(0, 65535, (30, 20)).astype(np.uint16)
+    path = tmp_path / "frame.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(raw)]).writeto(path)
+    with fits.open(path, lazy_load_hdus=True) as hdul:
+        rows = io.ImageRows(path, hdul, 1, integers=False)
+    np.testing.assert_array_equal(rows.rows(0, 30), raw.astype(np.float32))
+
+
+def test_the_row_reader_names_a_truncated_file(tmp_path):
+    path = tmp_path / "short.fits"
+    fits.PrimaryHDU(np.zeros((100, 100), np.float32)).writeto(path)
+    with open(path, "r+b") as fh:
+        fh.truncate(2880 + 100 * 100 * 2)  # half the data
+    with (
+        pytest.warns(AstropyUserWarning, match="truncated"),
+        fits.open(path, lazy_load_hdus=True) as hdul,
+    ):
+        rows = io.ImageRows(path, hdul, 0)
+    assert rows.rows(0, 10).shape == (10, 100)
+    with pytest.raises(io.FrameError, match=r"short\.fits") as err:
+        rows.rows(40, 60)
+    assert err.value.reason == "truncated"
