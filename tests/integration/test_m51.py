@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from conftest import REPO, read_tsv, snakemake
-
 from ccdflow import bits
+from conftest import REPO, read_tsv, snakemake
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
