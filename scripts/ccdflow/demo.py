@@ -71,6 +71,19 @@ later (DATE-OBS is UTC). Truth names a frame's night by ``night`` = the date of 
 began, ``date(start) + (k - 1) days`` (the site is taken to keep UTC, so "local" = UTC date of
 ``start``), and ``night_index`` = k.
 
+Bad lights (``NightSpec.bad_lights``)
+------------------------------------
+Each ``(kind, value)`` entry adds one light frame to the first group (``light_exptimes[0]``,
+``filters[0]``), numbered after its ``n_lights`` good ones and taken after the last light of
+the night (so never the alignment reference): ``("cloudy", t)`` multiplies the star fluxes by
+the transparency ``t`` (the sky stays); ``("seeing", k)`` has a FWHM of ``k * fwhm``;
+``("trailed", L)`` smears every star along a line of ``L`` px (direction uniform in angle,
+the star's flux spread evenly over ``ceil(L) + 1`` Gaussians from ``-L/2`` to ``+L/2``).
+Their dither, noise and cosmic rays come from a third generator,
+``SeedSequence(seed).spawn(2)[1]``, so every other raw file is byte-identical to the same
+night without bad lights: delete the bad files and you have that night. Truth: ``defect``
+(the kind) and ``transparency``, ``fwhm`` or ``trail_px`` and ``trail_deg``.
+
 Truth (``outdir/truth/``)
 -------------------------
 ``truth.json`` (seed, version, spec, file names, one entry per raw frame), ``bias.fits`` (ADU),
@@ -88,6 +101,7 @@ expectation of the overscan pixels of each row; `frame_bias` gives the 2-D bias 
 """
 
 __all__ = [
+    "BAD_LIGHTS",
     "CAMERAS",
     "PRESETS",
     "NightSpec",
@@ -134,6 +148,12 @@ _OVERSCAN_SKIP = 2  # overscan columns next to the image left out of BIASSEC
 _DRIFT_PERIOD_H = 2.0  # period of the "pro" bias drift (hours)
 _READOUT_S = 10.0  # s between the end of one exposure and the start of the next
 _STAMP_FWHM = 4.0  # star stamps extend this many FWHM either side of the centre
+#: Kinds of `NightSpec.bad_lights` and what their value is.
+BAD_LIGHTS = {
+    "cloudy": "transparency: star flux factor, in (0, 1]",
+    "seeing": "FWHM factor, > 0",
+    "trailed": "trail length (px), >= 0",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +216,7 @@ class NightSpec:
     overscan_cols: int = 32
     bias_drift: float = 10.0
     bias_ramp: float = 4.0
+    bad_lights: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         # Accept lists (JSON, CLI) wherever a tuple is expected, so specs round-trip.
@@ -215,6 +236,11 @@ class NightSpec:
             raise ValueError(msg)
         if self.overscan_cols <= _OVERSCAN_SKIP:
             raise ValueError(f"NightSpec.overscan_cols must be > {_OVERSCAN_SKIP}")
+        for kind, value in self.bad_lights:
+            ok = {"cloudy": 0 < value <= 1, "seeing": value > 0, "trailed": value >= 0}
+            if not ok.get(kind, False):
+                what = BAD_LIGHTS.get(kind, f"one of {list(BAD_LIGHTS)}")
+                raise ValueError(f"NightSpec.bad_lights ({kind!r}, {value!r}): {what}")
 
 
 #: Named starting points for `make_night`; "demo" is the `NightSpec` defaults.
@@ -327,8 +353,19 @@ def expected_electrons(truth, frame):
     if frame["type"] == "flat":
         return flat * frame["level_e"] + dark
     shape, stars = tuple(spec["shape"]), truth["stars"]
-    xy = _frame_xy(stars, frame, shape)
-    img = render_stars(shape, *xy, stars[f"flux_{frame['filter']}"], spec["fwhm"])
+    x, y = _frame_xy(stars, frame, shape)
+    flux = np.asarray(stars[f"flux_{frame['filter']}"], float) * frame.get("transparency", 1.0)
+    fwhm = frame.get("fwhm", spec["fwhm"])
+    length = frame.get("trail_px", 0.0)
+    if length:
+        n = math.ceil(length) + 1
+        a = math.radians(frame["trail_deg"])
+        img = sum(
+            render_stars(shape, x + u * math.cos(a), y + u * math.sin(a), flux / n, fwhm)
+            for u in np.linspace(-length / 2, length / 2, n)
+        )
+    else:
+        img = render_stars(shape, x, y, flux, fwhm)
     return flat * (frame["sky_e_per_s"] + img) * t + dark
 
 
@@ -473,6 +510,34 @@ def _plan(spec, rng):
         for args, extra in (light[1:] for light in lights if light[0] == night):
             add(*args, **extra)
     return frames
+
+
+def _bad_lights(spec, frames, rng):
+    """The `NightSpec.bad_lights` frames, after the last light (module docstring)."""
+    t, f = spec.light_exptimes[0], spec.filters[0]
+    last = frames[-1]
+    clock = _dt.datetime.fromisoformat(last["date_obs"])
+    clock += _dt.timedelta(seconds=last["exptime"] + _READOUT_S)
+    types = CAMERAS[spec.camera]["types"]
+    prefix = "" if spec.camera == "nameonly" else "light_"
+    out = []
+    for i, (kind, value) in enumerate(spec.bad_lights, start=spec.n_lights + 1):
+        dx, dy = rng.uniform(-spec.max_shift, spec.max_shift, 2)
+        rot = rng.uniform(-spec.max_rot_deg, spec.max_rot_deg)
+        name = f"{prefix}{_safe(spec.object)}_{_safe(f)}_{_exp_label(t)}_{i:03d}.fits"
+        entry = dict(file=name, type="light", imagetyp=types["light"], filter=f, exptime=float(t))
+        entry |= {"date_obs": clock.isoformat(timespec="milliseconds")}
+        entry |= {"night": last["night"], "night_index": last["night_index"]}
+        entry |= dict(dx=dx, dy=dy, rot_deg=rot, sky_e_per_s=dict(spec.sky)[f], defect=kind)
+        if kind == "cloudy":
+            entry["transparency"] = float(value)
+        elif kind == "seeing":
+            entry["fwhm"] = float(value) * spec.fwhm
+        else:
+            entry |= {"trail_px": float(value), "trail_deg": float(rng.uniform(0, 180))}
+        out.append(entry)
+        clock += _dt.timedelta(seconds=t + _READOUT_S)
+    return out
 
 
 def _bias_drift(spec, frames, rng):
@@ -639,25 +704,31 @@ def make_night(outdir, *, preset="demo", seed=0, **overrides):
     model = {"spec": dataclasses.asdict(spec), "bias": bias, "dark_rate": dark_rate}
     model["flat"], model["stars"] = _flats(spec, rng), _stars(spec, rng)
     frames = _plan(spec, rng)
+    camera_rng, bad_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
+    )  # spawn(2)[0] is spawn(1)[0]: the camera stream of a night without bad lights
+    bad = _bad_lights(spec, frames, bad_rng) if spec.bad_lights else []
     bias64 = bias.astype(np.float64)
     pro = spec.camera == "pro"
     if pro:
         (truth_dir / "overscan").mkdir(exist_ok=True)
-        camera_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         drift = _bias_drift(spec, frames, camera_rng)
-        for frame, (offset, ramp) in zip(frames, drift, strict=True):
+        drift += _bias_drift(spec, bad, bad_rng) if bad else []
+        for frame, (offset, ramp) in zip(frames + bad, drift, strict=True):
             frame["bias_offset"], frame["bias_ramp"] = offset, ramp
             frame["overscan"] = f"overscan/{Path(frame['file']).stem}.fits"
+    frames += bad
     for frame in frames:
+        g = bad_rng if "defect" in frame else rng  # the generator of this frame's noise
         electrons = expected_electrons(model, frame)
-        counts = rng.poisson(electrons).astype(np.float64) if frame["type"] != "bias" else 0.0
+        counts = g.poisson(electrons).astype(np.float64) if frame["type"] != "bias" else 0.0
         if frame["type"] in ("light", "dark"):
-            hits = _cosmics(spec, frame["exptime"], rng)
+            hits = _cosmics(spec, frame["exptime"], g)
             counts = counts + hits
             frame["cosmics"] = f"cosmics/{Path(frame['file']).stem}.fits"
             frame["n_cosmic_pixels"] = int(np.count_nonzero(hits))
             _write(truth_dir / frame["cosmics"], (hits > 0).astype(np.uint8))
-        counts = counts + rng.normal(0.0, spec.read_noise, spec.shape)
+        counts = counts + g.normal(0.0, spec.read_noise, spec.shape)
         frame_bias64 = frame_bias(model, frame) if pro else bias64
         adu = np.clip(np.rint(counts / spec.gain + frame_bias64), 0, spec.saturation)
         adu = adu.astype(np.uint16)
@@ -667,7 +738,8 @@ def make_night(outdir, *, preset="demo", seed=0, **overrides):
             frame["saturated_star_ids"] = _saturated(spec, model["stars"], frame, expected_adu)
         if pro:
             level = _row_levels(spec, frame["bias_offset"], frame["bias_ramp"])
-            noise = camera_rng.normal(0.0, spec.read_noise, (spec.shape[0], spec.overscan_cols))
+            g = bad_rng if "defect" in frame else camera_rng
+            noise = g.normal(0.0, spec.read_noise, (spec.shape[0], spec.overscan_cols))
             strip = np.clip(np.rint(noise / spec.gain + level[:, None]), 0, spec.saturation)
             adu = np.hstack([adu, strip.astype(np.uint16)])
             _write(truth_dir / frame["overscan"], level)
@@ -765,6 +837,13 @@ def main(argv=None):
     parser.add_argument("--camera", choices=list(CAMERAS), default="maxim", help="header style")
     parser.add_argument("--nights", type=int, default=1, help="nights the lights span (default 1)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty raw/ anyway")
+    parser.add_argument(
+        "--bad",
+        action="append",
+        default=[],
+        metavar="KIND=VALUE",
+        help="add a bad light frame, e.g. cloudy=0.3, seeing=2, trailed=8 (repeatable)",
+    )
     args = parser.parse_args(argv)
     raw_dir = args.outdir / "raw"
     before = {p.name for p in raw_dir.iterdir()} if raw_dir.is_dir() else set()
@@ -778,6 +857,8 @@ def main(argv=None):
     if args.nights != 1:
         overrides["n_nights"] = args.nights
     try:
+        if args.bad:
+            overrides["bad_lights"] = tuple(_bad_arg(a) for a in args.bad)
         dataclasses.replace(PRESETS[args.preset], **overrides)  # checked before writing
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -794,6 +875,15 @@ def main(argv=None):
     if stale:
         print(f"warning: {len(stale)} older files in {raw_dir} left as they were", file=sys.stderr)
     return 0
+
+
+def _bad_arg(text):
+    kind, _, value = text.partition("=")
+    try:
+        return kind, float(value)
+    except ValueError:
+        msg = f"--bad {text!r}: expected KIND=VALUE, KIND one of {list(BAD_LIGHTS)}"
+        raise ValueError(msg) from None
 
 
 if __name__ == "__main__":

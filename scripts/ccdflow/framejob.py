@@ -10,8 +10,19 @@ find its stars, register it onto its reference and resample it: all in memory, o
   that cannot be aligned a header-only file (no pixels) saying why;
 - ``results/records/{frame}.json``: the record (:data:`RECORD_VERSION`): what later jobs
   need from this one (detector values with units and their source, sky and noise,
-  cosmic-ray counts, the star list, the transform, status and reason) and the time of
-  each step. No job reads state back from a header card.
+  cosmic-ray counts, the star list, the transform, status and reason), the quality
+  metrics (``metrics``: `ccdflow.metrics.frame_metrics` of the cleaned frame, in its data
+  unit, plus ``transparency`` against the reference's record through the alignment
+  matrix, 1 for the reference) and the time of each step. No job reads state back from
+  a header card; the aligned frame carries the main metrics as provenance cards.
+
+The metrics detect stars a second time (sep, as `ccdflow.align.star_list` does): the two
+catalogues differ (alignment keeps the brightest star-like sources with windowed
+centroids; the metrics need a segmentation map, isolation and half-flux radii), and at
+2048 x 2048 (benchmark preset, one job alone on 2 cores) the metrics take 0.3-0.5 s (0.18 s
+of it importing astropy.stats for the sky) and the star list 0.13-0.17 s, against 8-10 s
+for the cosmic-ray cleaning: one shared detection would save at most the star list's
+0.15 s, under 2 % of the job.
 
 A frame the chain cannot use (unreadable at run time, absurd cosmic-ray fraction, no
 stars, no match to the reference) is not an error: the record says ``rejected`` with a
@@ -36,7 +47,7 @@ from ccdflow.io import FrameError
 log = logging.getLogger("ccdflow")
 
 #: Layout version of ``results/records/{frame}.json``.
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 
 #: Keys of the ``align`` configuration that parameterise star detection.
 _DETECT_KEYS = ("detection_sigma", "min_area", "max_control_points", "max_sharpness")
@@ -116,16 +127,6 @@ def _detector(calibration, read_noise, rn_source, unit):
     }
 
 
-def _sky(frame):
-    """Median and robust noise (MAD) of the unmasked pixels of a subsample, data unit."""
-    sub = frame.data[::4, ::4][frame.mask[::4, ::4] == 0]
-    sub = sub[np.isfinite(sub)]
-    if sub.size == 0:
-        return None, None
-    median = float(np.median(sub))
-    return median, float(1.482602218505602 * np.median(np.abs(sub - median)))
-
-
 def _calibrate(raw_path, hdu, masters, calibration, overscan, steps):
     from ccdflow import calibrate
     from ccdflow.tasks import load_master
@@ -201,6 +202,52 @@ def _clean(frame, detector, cosmics, steps):
     return frame.replace(data=result.data, mask=result.mask, header=header), part, "", ""
 
 
+def _metric_options(calibration):
+    """Keyword arguments of `ccdflow.metrics.frame_metrics` from the frame's calibration."""
+    scale = calibration.get("pixel_scale")
+    return {"pixel_scale": scale} if scale else {}
+
+
+def _transparency(quality, is_reference, result, ref):
+    """``transparency`` and ``n_transparency_stars`` of the record's metrics.
+
+    The reference is 1 by definition; another frame's stars are matched with the
+    reference record's through the alignment matrix (frame -> reference pixels). None
+    when the frame was not aligned or the reference has no metrics.
+    """
+    from ccdflow import metrics
+
+    n = len(quality["stars"]["flux_e"])
+    if is_reference:
+        return {"transparency": 1.0, "n_transparency_stars": n}
+    ref_stars = ((ref or {}).get("metrics") or {}).get("stars")
+    if result is None or not result.ok or not ref_stars:
+        return {"transparency": None, "n_transparency_stars": 0}
+    t = metrics.transparency(quality["stars"], ref_stars, result.matrix)
+    return {"transparency": t["transparency"], "n_transparency_stars": t["n_matched"]}
+
+
+#: Header cards of the aligned frame: keyword -> (metrics key, digits).
+_METRIC_CARDS = {
+    "SKYLEVEL": ("sky_e", 3),
+    "SKYNOISE": ("sky_noise_e", 3),
+    "NSTARS": ("n_stars", None),
+    "FWHM": ("fwhm_px", 3),
+    "FWHMAS": ("fwhm_arcsec", 3),
+    "ELLIPTIC": ("ellipticity", 4),
+    "TRANSPAR": ("transparency", 4),
+    "SATFRAC": ("saturated_fraction", 6),
+}
+
+
+def _metric_cards(header, quality):
+    """The frame's quality metrics as provenance cards (the measured ones only)."""
+    for key, (name, digits) in _METRIC_CARDS.items():
+        value = quality.get(name)
+        if value is not None:
+            provenance.add_step(header, key, value if digits is None else round(value, digits))
+
+
 def _write_no_pixels(path, header, status, reason, detail):
     """A header-only product: the frame has no image on this grid, and why."""
     header = header.copy()
@@ -261,6 +308,7 @@ def process_frame(
         The record, as written to ``record_path``.
     """
     from ccdflow import align as aln
+    from ccdflow import metrics
 
     steps = _Steps(frame)
     t_start = time.perf_counter()
@@ -296,6 +344,7 @@ def process_frame(
         _write_no_pixels(calibrated_path, header, "rejected", exc.reason, exc.detail)
         _write_no_pixels(aligned_path, header, "rejected", exc.reason, exc.detail)
         record |= {"unit": None, "shape": None, "stars": None, "alignment": None}
+        record["metrics"] = None
         record["seconds"] = steps.seconds | {"total": round(time.perf_counter() - t_start, 4)}
         write_json(record_path, record)
         return record
@@ -307,9 +356,10 @@ def process_frame(
     cleaned, record["cosmics"], reason, detail = _clean(calibrated, detector, cosmics, steps)
     if reason:
         reject("cosmics", reason, detail)
-    sky, noise = _sky(cleaned)
-    record["sky"] = {"value": sky, "unit": cleaned.unit}
-    record["sky_noise"] = {"value": noise, "unit": cleaned.unit}
+    with steps("metrics"):
+        quality = metrics.frame_metrics(cleaned.data, cleaned.mask, **_metric_options(calibration))
+    record["sky"] = {"value": quality["sky_e"], "unit": cleaned.unit}
+    record["sky_noise"] = {"value": quality["sky_noise_e"], "unit": cleaned.unit}
     provenance.add_step(cleaned.header, "ALIGNREF", reference)
     with steps("write calibrated"):
         cleaned.write(calibrated_path)
@@ -323,7 +373,7 @@ def process_frame(
             )
     record["stars"] = stars
 
-    result = None
+    result = ref = None
     if record["status"] == "ok":
         if is_reference:
             result = aln.AlignResult.identity()
@@ -343,6 +393,8 @@ def process_frame(
         if not result.ok:
             reject("align", result.reason, result.detail)
     record["alignment"] = None if result is None else result.as_dict()
+    quality |= _transparency(quality, is_reference, result, ref)
+    record["metrics"] = quality
 
     header = cleaned.header
     if record["status"] == "ok":
@@ -354,6 +406,7 @@ def process_frame(
         provenance.add_step(header, "ALNRMS", round(float(result.rms_residual), 4))
         provenance.add_step(header, "ALNDX", round(float(result.shift[0]), 3))
         provenance.add_step(header, "ALNDY", round(float(result.shift[1]), 3))
+        _metric_cards(header, quality)
         with steps("write aligned"):
             cleaned.replace(data=data, uncertainty=unc, mask=mask).write(aligned_path)
     else:

@@ -17,6 +17,8 @@ QC_COLUMNS = (
     "step",
     "reason",
     "detail",
+    "value",
+    "threshold",
     "unit",
     "gain",
     "gain_source",
@@ -27,6 +29,11 @@ QC_COLUMNS = (
     "cosmic_pixels",
     "cosmic_fraction",
     "n_stars",
+    "fwhm_px",
+    "fwhm_arcsec",
+    "ellipticity",
+    "transparency",
+    "saturated_fraction",
     "reference",
     "n_matches",
     "rms_residual",
@@ -45,13 +52,16 @@ def qc_row(record, exclusion=None):
     """One row of the QC table from a frame's record and its selection decision.
 
     ``exclusion``: the selection's entry for the frame when it was left out, else None.
+    ``value`` and ``threshold`` are the measured metric and the limit of the quality gate
+    that excluded it (in the metric's unit; empty for other reasons); the metric columns
+    come from the record's ``metrics`` (`ccdflow.metrics.frame_metrics`, data unit).
     """
     detector = record.get("detector") or {}
     gain = detector.get("gain") or {}
     rn = detector.get("read_noise") or {}
     cosmics = record.get("cosmics") or {}
     alignment = record.get("alignment") or {}
-    stars = record.get("stars") or {}
+    quality = record.get("metrics") or {}
     shift = alignment.get("shift") or ("", "")
     ok = exclusion is None and record["status"] == "ok"
     why = exclusion or record
@@ -62,6 +72,8 @@ def qc_row(record, exclusion=None):
         "step": "" if ok else why.get("step", why.get("failed_step", "")),
         "reason": "" if ok else why.get("reason", ""),
         "detail": "" if ok else why.get("detail", ""),
+        "value": "" if ok or exclusion is None else _round(exclusion.get("value"), 6),
+        "threshold": "" if ok or exclusion is None else _round(exclusion.get("threshold"), 6),
         "unit": record.get("unit") or "",
         "gain": _round(gain.get("value")),
         "gain_source": gain.get("source", ""),
@@ -71,7 +83,12 @@ def qc_row(record, exclusion=None):
         "sky_noise": _round((record.get("sky_noise") or {}).get("value"), 3),
         "cosmic_pixels": cosmics.get("n_flagged", ""),
         "cosmic_fraction": _round(cosmics.get("fraction"), 6),
-        "n_stars": stars.get("n_starlike", ""),
+        "n_stars": quality.get("n_stars", ""),
+        "fwhm_px": _round(quality.get("fwhm_px"), 3),
+        "fwhm_arcsec": _round(quality.get("fwhm_arcsec"), 3),
+        "ellipticity": _round(quality.get("ellipticity"), 4),
+        "transparency": _round(quality.get("transparency"), 4),
+        "saturated_fraction": _round(quality.get("saturated_fraction"), 6),
         "reference": record.get("reference", ""),
         "n_matches": alignment.get("n_matches", ""),
         "rms_residual": _round(alignment.get("rms_residual")),

@@ -1,41 +1,33 @@
 """The selection step of a stack group: which frames go into its stack, and why not.
 
 It reads the records of the group's frames (``results/records/{frame}.json``) and
-applies the gates in order; the first gate a frame fails excludes it with that gate's
-reason code, the value measured and the threshold. A gate is one row of
-:data:`FRAME_GATES` (rules as data): a new criterion is a new row and a config key in
-``selection``. Because the decisions are made here and not in the frame jobs, a changed
-threshold reruns the selection and the stacks, never a frame job; and a decision that
-depends on the whole group (group-relative gates) can never change another frame's job.
+decides in order: a frame the frame job could not use keeps the job's reason; a frame
+named by ``selection.exclude`` is ``excluded_by_config``; then the quality gates of
+:data:`ccdflow.metrics.GATES` (rules as data: a new criterion is one row there, with the
+key of ``selection`` that sets its threshold) judge the remaining frames on their
+records' ``metrics``, some against the median of the group's other frames (clouds,
+seeing, star count). The first gate a frame fails excludes it with that gate's reason
+code, the value measured and the threshold it was held to. Because the decisions are
+made here and not in the frame jobs, a changed threshold reruns the selection and the
+stacks, never a frame job; and a group-relative decision can never change another
+frame's job.
 
 The selection (``results/selection/{group}.json``) is the stack's and the raw stack's
 only source of which frames to use and how each was transformed.
 """
 
-__all__ = ["FRAME_GATES", "group_config", "select_group"]
+__all__ = ["gate_thresholds", "group_config", "select_group"]
 
 import fnmatch
 from pathlib import Path
 
-
-def _saturated_fraction(record):
-    shape = record.get("shape")
-    if not shape:
-        return None
-    return record.get("saturated_pixels", 0) / float(shape[0] * shape[1])
+from ccdflow import metrics
 
 
-#: Frame gates: (config key of ``selection``, reason code, metric of a record, limit
-#: kind, what it means). A limit of None switches the gate off.
-FRAME_GATES = (
-    (
-        "max_saturated_fraction",
-        "saturated",
-        _saturated_fraction,
-        "max",
-        "fraction of the frame's pixels flagged saturated",
-    ),
-)
+def gate_thresholds(cfg, gates=metrics.GATES):
+    """``reason -> threshold`` of the quality gates from the ``selection`` configuration
+    (a key left out takes the gate's default; None switches the gate off)."""
+    return {g.reason: cfg.get(g.key, g.threshold) for g in gates if g.key}
 
 
 def group_config(cfg, frames):
@@ -66,7 +58,7 @@ def select_group(group, records, cfg, frames):
         The records of the group's frames (`ccdflow.framejob.read_record`).
     cfg : dict
         The group's `group_config`: ``exclude`` (frame id -> the configured pattern that
-        names it) and one limit per row of :data:`FRAME_GATES`.
+        names it) and the thresholds of the gates (`gate_thresholds`).
     frames : dict
         frame id -> ``{"aligned": path, "raw": path, "hdu": int}``.
 
@@ -75,17 +67,38 @@ def select_group(group, records, cfg, frames):
     dict
         ``group``, ``selected`` (per frame: ``frame``, ``aligned``, ``raw``, ``hdu``,
         ``matrix`` source -> reference, ``masters``, ``cosmics`` method), ``shape`` of the
-        reference grid, ``reference``, and ``excluded`` (per frame: ``frame``, ``step``,
-        ``reason``, ``detail``, ``value``, ``threshold``).
+        reference grid, ``reference``, and ``excluded`` (per frame, by frame id:
+        ``frame``, ``step``, ``reason``, ``detail``, ``value`` and ``threshold`` in the
+        metric's unit, None for a frame the frame job or the configuration left out;
+        ``failed``: every gate it failed, for the gates).
     """
     selected, excluded = [], []
     shape = None
     reference = None
-    for record in sorted(records, key=lambda r: r["frame"]):
+    records = sorted(records, key=lambda r: r["frame"])
+    candidates = []
+    for record in records:
         reference = reference or record.get("reference")
         decision = _decide(record, cfg)
         if decision is not None:
             excluded.append({"frame": record["frame"], **decision})
+        else:
+            candidates.append(record)
+    verdicts = metrics.gate_group([r["metrics"] for r in candidates], gate_thresholds(cfg))
+    keys = {g.reason: g.key for g in metrics.GATES}
+    for record, verdict in zip(candidates, verdicts, strict=True):
+        if verdict["status"] != "ok":
+            excluded.append(
+                {
+                    "frame": record["frame"],
+                    "step": "selection",
+                    "reason": verdict["reason"],
+                    "detail": f"{verdict['detail']} (selection.{keys[verdict['reason']]})",
+                    "value": verdict["value"],
+                    "threshold": verdict["threshold"],
+                    "failed": verdict["failed"],
+                }
+            )
             continue
         files = frames[record["frame"]]
         alignment = record["alignment"]
@@ -102,6 +115,7 @@ def select_group(group, records, cfg, frames):
                 "unit": record.get("unit"),
             }
         )
+    excluded.sort(key=lambda e: e["frame"])
     return {
         "group": group,
         "reference": reference,
@@ -117,7 +131,7 @@ def _grid_shape(record):
 
 
 def _decide(record, cfg):
-    """None to stack the frame, else why not."""
+    """None to hand the frame to the quality gates, else why it is left out."""
     if record["status"] != "ok":
         return {
             "step": record.get("failed_step", ""),
@@ -135,19 +149,4 @@ def _decide(record, cfg):
             "value": None,
             "threshold": None,
         }
-    for key, reason, metric, kind, meaning in FRAME_GATES:
-        limit = cfg.get(key)
-        value = metric(record)
-        if limit is None or value is None:
-            continue
-        failed = value > limit if kind == "max" else value < limit
-        if failed:
-            word = "above" if kind == "max" else "below"
-            return {
-                "step": "selection",
-                "reason": reason,
-                "detail": f"{meaning} {value:.4g} is {word} selection.{key} = {limit:g}",
-                "value": value,
-                "threshold": limit,
-            }
     return None

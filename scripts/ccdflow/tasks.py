@@ -160,7 +160,10 @@ def _read_selection(path):
 def _record_exclusions(header, selection):
     provenance.add_step(header, "NEXCLUDE", len(selection["excluded"]))
     for i, e in enumerate(selection["excluded"][:999], start=1):
-        header[f"EXCL{i:03d}"] = (f"{e['frame']}: {e['reason']}"[:68], "excluded frame: reason")
+        text = f"{e['frame']}: {e['reason']}"
+        if e.get("value") is not None and e.get("threshold") is not None:
+            text += f" {e['value']:.4g} vs {e['threshold']:.4g}"
+        header[f"EXCL{i:03d}"] = (text[:68], "excluded frame: reason value vs limit")
 
 
 def _empty_product(output, header, selection, what):

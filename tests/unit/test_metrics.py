@@ -99,6 +99,15 @@ def test_saturated_and_masked_pixels(field):
     assert empty["n_stars"] == 0 and empty["fwhm_px"] is None
 
 
+def test_too_few_psf_stars_measure_no_psf(field):
+    """Four isolated stars: counted, but no FWHM or ellipticity a gate could act on."""
+    xy, flux = field
+    m = frame_metrics(_frame((xy[:4], flux[:4]), 8))
+    assert m["n_stars"] == 4 and m["n_psf_stars"] == 4
+    assert m["fwhm_px"] is None and m["ellipticity"] is None and m["stars"]["flux_e"] == []
+    assert frame_metrics(_frame((xy[:4], flux[:4]), 8), min_psf_stars=4)["fwhm_px"] > 0
+
+
 def test_transparency_matches_stars_through_the_transform(field):
     ref = frame_metrics(_frame(field, 5))["stars"]
     shifted = frame_metrics(_frame(field, 6, throughput=0.3, shift=(7.0, -4.0)))["stars"]

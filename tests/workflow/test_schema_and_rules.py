@@ -51,6 +51,19 @@ def test_every_config_key_is_documented_in_the_schema():
     walk(SCHEMA, CONFIG, "")
 
 
+def test_quality_gate_defaults_are_the_library_defaults():
+    """STYLE 16: each gate of ccdflow.metrics.GATES has its key in ``selection``, with the
+    gate's threshold as the default in config.yaml and in the schema, and bounds."""
+    from ccdflow.metrics import GATES
+
+    schema = SCHEMA["properties"]["selection"]["properties"]
+    for gate in GATES:
+        assert CONFIG["selection"][gate.key] == gate.threshold, gate.key
+        assert schema[gate.key]["default"] == gate.threshold, gate.key
+        assert "minimum" in schema[gate.key] and "maximum" in schema[gate.key], gate.key
+        assert gate.reason in schema[gate.key]["description"], gate.key
+
+
 def test_rules_are_verb_object_and_have_their_script():
     assert {
         "make_master_bias",

@@ -182,6 +182,7 @@ def frame_calibration(wildcards):
         "candidates": ccd_plan.candidates_text(row, informative_only=True),
         **ccd_plan.detector(record, config["detector"]),
         "detector_sources": ccd_plan.detector_sources(record, config["detector"]),
+        "pixel_scale": config["detector"]["pixel_scale"],
     }
 
 
