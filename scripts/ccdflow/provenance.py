@@ -1,7 +1,8 @@
 """Provenance keywords: every product says what made it and from what.
 
-All keyword names and their comments live here, so products stay consistent and a
-reader has one place to look them up.
+All keyword names and their comments (with units) live here, so products stay
+consistent and a reader has one place to look them up. Each step is one card, not echoed
+into HISTORY (STYLE 13): the cards are provenance for people; jobs read the JSON records.
 """
 
 __all__ = ["KEYWORDS", "add_inputs", "add_step", "stamp"]
@@ -101,8 +102,6 @@ def stamp(header, prodtype):
 def add_step(header, key, value):
     """Record one processing step (a keyword of ``KEYWORDS``) in ``header`` (in place)."""
     _set(header, key, value, KEYWORDS[key])
-    # Steps also go to HISTORY so that a plain FITS viewer shows the sequence.
-    header.add_history(f"ccdflow {__version__}: {key} = {value}")
     return header
 
 
