@@ -5,7 +5,7 @@ job) and in its group's selection (``results/selection/{group}.json``);
 ``results/qc/frames.tsv`` is built from both.
 """
 
-__all__ = ["QC_COLUMNS", "fwhm", "qc_row", "sky_level"]
+__all__ = ["QC_COLUMNS", "fwhm", "qc_row"]
 
 import numpy as np
 
@@ -97,16 +97,6 @@ def qc_row(record, exclusion=None):
         "rotation_deg": _round(alignment.get("rotation_deg"), 5),
         "seconds": _round((record.get("seconds") or {}).get("total"), 2),
     }
-
-
-def sky_level(data, mask=None, step=4):
-    """Robust sky level and noise: sigma-clipped median and MAD std of a pixel subsample."""
-    from astropy.stats import sigma_clipped_stats
-
-    sub = data[::step, ::step]
-    good = None if mask is None else mask[::step, ::step] != 0
-    _, median, std = sigma_clipped_stats(sub, mask=good, sigma=3.0, stdfunc="mad_std")
-    return float(median), float(std)
 
 
 def fwhm(data, mask=None, threshold=10.0, max_sources=200):
