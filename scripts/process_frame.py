@@ -5,7 +5,7 @@ from ccdflow.tasks import setup_logging
 
 setup_logging(snakemake.log[0])
 process_frame(
-    snakemake.input.raw,
+    snakemake.params.raw,
     snakemake.params.calibration["hdu"],
     frame=snakemake.wildcards.frame,
     group=snakemake.params.group,

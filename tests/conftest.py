@@ -1,5 +1,6 @@
 """Shared test helpers: run real Snakemake in a temp dir, locate ../shared/data."""
 
+import hashlib
 import os
 import re
 import subprocess
@@ -21,7 +22,8 @@ def snakemake(workdir, *args, config=None, configfiles=(), check=True):
     """Run the ccdflow workflow with real Snakemake in ``workdir``; return the process.
 
     ``config`` is a dict of ``--config`` overrides; ``configfiles`` are layered on top
-    of config/config.yaml.
+    of config/config.yaml. The files of ``config["raw_dir"]`` are checksummed before and
+    after the run and must not change (DESIGN §8: raw files are never modified).
     """
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
     cmd += ["--directory", str(workdir), "--cores", "2", *args]
@@ -31,12 +33,35 @@ def snakemake(workdir, *args, config=None, configfiles=(), check=True):
         cmd += ["--config", *(f"{k}={v}" for k, v in config.items())]
     env = dict(os.environ)
     env.pop("SNAKEMAKE_PROFILE", None)
+    raw = (config or {}).get("raw_dir")
+    before = raw_digests(raw) if raw else None
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
+    if raw:
+        assert raw_digests(raw) == before, f"the run changed raw files in {raw}"
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+def snakemake_command(workdir, config):
+    """The command line of :func:`snakemake`, for runs started with ``subprocess.Popen``."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    cmd += ["--directory", str(workdir), "--cores", "2", "--config"]
+    return cmd + [f"{k}={v}" for k, v in config.items()]
+
+
+def raw_digests(raw_dir):
+    """Relative path -> (sha1, mtime_ns, mode) of every file under ``raw_dir``."""
+    raw_dir = Path(raw_dir)
+    out = {}
+    for p in sorted(raw_dir.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            digest = hashlib.sha1(p.read_bytes()).hexdigest()
+            out[str(p.relative_to(raw_dir))] = (digest, st.st_mtime_ns, st.st_mode)
+    return out
 
 
 def calibrate_light(raw, out_dir, *, bias=None, dark=None, flat=None, dark_scale=1.0, **detector):

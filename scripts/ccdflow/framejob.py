@@ -34,13 +34,12 @@ __all__ = ["RECORD_VERSION", "process_frame", "read_record", "write_json"]
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ccdflow import __version__, bits, provenance
+from ccdflow import __version__, bits, io, provenance
 from ccdflow.frame import read_raw
 from ccdflow.io import FrameError
 
@@ -63,18 +62,13 @@ _MATCH_KEYS = (
 
 def write_json(path, content):
     """Write JSON atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+
+    def write(tmp):
+        with open(tmp, "w") as f:
             json.dump(content, f, indent=1, allow_nan=True)
             f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return io.write_atomic(path, write)
 
 
 def read_record(path):

@@ -22,6 +22,7 @@ __all__ = [
     "FIELDS",
     "Inventory",
     "exposure_label",
+    "future_mtimes",
     "group_exposures",
     "rejection_summary",
     "sanitize",
@@ -605,6 +606,43 @@ def scan(
         group = "_".join(sanitize(f[k]) for k in grouping)
         f["group"] = group if f["imagetyp"] == "light" else ""
     return Inventory(frames=frames, rejected=rejected)
+
+
+def future_mtimes(raw_dir, records, now=None):
+    """Raw files whose modification time is later than now (a camera clock set wrong).
+
+    Snakemake requires every output to be newer than its inputs, even ``ancient()`` ones,
+    so a job whose raw input lies in the future fails after it ran. Such files are left
+    out of the jobs' inputs (their content still counts: the fingerprint is a parameter).
+
+    Parameters
+    ----------
+    raw_dir : path-like
+        The raw directory.
+    records : iterable of dict
+        Inventory records (``path`` relative to ``raw_dir``).
+    now : float, optional
+        Current time (s since the epoch); default ``time.time()``.
+
+    Returns
+    -------
+    dict
+        Absolute path (str) -> modification time (s since the epoch), for the files in
+        the future only.
+    """
+    import time
+
+    now = time.time() if now is None else now
+    out = {}
+    for record in records:
+        path = str(Path(raw_dir) / record["path"])
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            continue
+        if mtime > now:
+            out[path] = mtime
+    return out
 
 
 def rejection_summary(rejected):

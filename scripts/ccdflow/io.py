@@ -25,6 +25,7 @@ __all__ = [
     "quick_header",
     "read_frame",
     "read_product",
+    "write_atomic",
     "write_hdulist",
     "write_product",
 ]
@@ -396,24 +397,34 @@ def write_product(path, data, header, uncertainty=None, mask=None, unit=None):
         except _Unsupported:
             pass
         else:
-            return _write_atomic(path, lambda tmp: _write_parts(tmp, parts))
+            return write_atomic(path, lambda tmp: _write_parts(tmp, parts))
     return write_hdulist(path, ccd_hdulist(data, header, uncertainty, mask, unit))
 
 
 def write_hdulist(path, hdul):
     """Write an HDU list atomically (temporary file in the same folder, then rename)."""
-    return _write_atomic(
+    return write_atomic(
         path, lambda tmp: hdul.writeto(tmp, overwrite=True, output_verify="silentfix")
     )
 
 
-def _write_atomic(path, write):
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path, write):
+    """Write ``path`` through ``write(tmp)`` on a temporary name in the same folder, then
+    rename it into place, so no half-written file ever sits at ``path`` (a killed job
+    leaves at most a hidden ``.<name>.*.part`` file). Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; products are shared files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

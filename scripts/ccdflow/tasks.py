@@ -279,8 +279,7 @@ def preview_file(stack_path, raw_stack_path, selection_path, output, *, title=""
         ax.imshow(data, origin="lower", cmap="gray", vmin=lo, vmax=hi)
         ax.set_title(label)
     fig.suptitle(title)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=80)
+    io.write_atomic(output, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
 
 

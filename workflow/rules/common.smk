@@ -3,6 +3,7 @@
 # lives in scripts/ccdflow.
 import sys
 import threading
+import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -16,6 +17,7 @@ from ccdflow import library as ccd_library
 from ccdflow import plan as ccd_plan
 from ccdflow import sections as ccd_sections
 from ccdflow import select as ccd_select
+from ccdflow import workdir as ccd_workdir
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -84,12 +86,36 @@ for _r in REJECTED:
     print(f"ccdflow: skipped {_r['path']}: {_r['reason']} {_r['detail']}", file=sys.stderr)
 for _r in _library_skipped:
     print(f"ccdflow: library: skipped {_r['path']}: {_r['detail']}", file=sys.stderr)
+_orphans = ccd_workdir.orphaned_products(
+    ".", PLAN.lights, GROUPS, [m.path for m in PLAN.masters.values()]
+)
+if _orphans:
+    print(
+        f"ccdflow: {len(_orphans)} products belong to no frame of {RAW_DIR} any more (raw"
+        f" file deleted or renamed?); kept and not used, delete them if unwanted: "
+        + ", ".join(_orphans),
+        file=sys.stderr,
+    )
+FUTURE = ccd_inventory.future_mtimes(RAW_DIR, INVENTORY.frames)
+for _path, _mtime in FUTURE.items():
+    print(
+        f"ccdflow: {_path} was modified in the future ({time.ctime(_mtime)}; the clock of"
+        " the computer that wrote it is wrong?): used, but not as a Snakemake input",
+        file=sys.stderr,
+    )
 
 
 wildcard_constraints:
     tag=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     frame=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     group=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
+
+
+def _raw_inputs(paths):
+    """Raw files as inputs: ``ancient`` (their content is tracked by fingerprint), and
+    without the files modified in the future, which would fail Snakemake's check that
+    outputs are newer than inputs."""
+    return ancient([p for p in paths if p not in FUTURE])
 
 
 def _master(kind, wildcards):
@@ -109,7 +135,7 @@ def master_inputs(kind):
 
     def inputs(wildcards):
         spec = _master(kind, wildcards)
-        out = {"raw": ancient([str(RAW_DIR / f["path"]) for f in spec.frames])}
+        out = {"raw": _raw_inputs([str(RAW_DIR / f["path"]) for f in spec.frames])}
         if spec.bias:
             out["bias"] = _master_path(spec.bias)
         if spec.dark:
@@ -160,7 +186,7 @@ def frame_inputs(wildcards):
     """Input function of process_frame: the raw frame, its masters, and the record of its
     alignment reference (which carries the reference's star list)."""
     row = _light(wildcards)
-    out = {"raw": ancient(str(RAW_DIR / row["record"]["path"]))}
+    out = {"raw": _raw_inputs([str(RAW_DIR / row["record"]["path"])])}
     for kind in ("bias", "dark", "flat"):
         if row[kind]:
             out[kind] = _master_path(row[kind])
@@ -184,6 +210,12 @@ def frame_calibration(wildcards):
         "detector_sources": ccd_plan.detector_sources(record, config["detector"]),
         "pixel_scale": config["detector"]["pixel_scale"],
     }
+
+
+def frame_raw(wildcards):
+    """The raw file of a light, as a Path: Snakemake cannot serialise it, so it is no
+    rerun trigger (the fingerprint is), and it reaches the job even when it is no input."""
+    return RAW_DIR / _light(wildcards)["record"]["path"]
 
 
 def frame_reference(wildcards):
@@ -234,7 +266,7 @@ def group_selection(wildcards):
 def group_raw(wildcards):
     """The raw frames of a stack group (content tracked by fingerprint, see params)."""
     records = [PLAN.lights[f]["record"] for f in _members(wildcards)]
-    return ancient([str(RAW_DIR / r["path"]) for r in records])
+    return _raw_inputs([str(RAW_DIR / r["path"]) for r in records])
 
 
 def group_fingerprints(wildcards):

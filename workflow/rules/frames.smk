@@ -18,6 +18,7 @@ rule process_frame:
     resources:
         mem_mb=1500,
     params:
+        raw=frame_raw,
         calibration=frame_calibration,
         cosmics=config["cosmics"],
         align=config["align"],
