@@ -258,7 +258,7 @@ def clean_cosmics(
         var += above
         del above
     run = _lacosmic_tiled if tiled else _lacosmic
-    flags, cleaned = run(
+    flags, cleaned, how = run(
         filled,
         var,
         excluded | low | _saturated_margin(mask),
@@ -269,6 +269,7 @@ def clean_cosmics(
         objlim=objlim,
         niter=niter,
     )
+    summary += f"; {how}"
     flags &= ~excluded
     n_flagged = int(np.count_nonzero(flags))
     fraction = n_flagged / n_valid
@@ -355,13 +356,30 @@ def _reflect_pad(a, width):
 
 
 def _lacosmic(electrons, variance, excluded, *, read_noise, satlevel, **params):
-    """astroscrappy on the frame padded by reflection (e-); (flags, cleaned), unpadded."""
+    """astroscrappy on the frame padded by reflection (e-).
+
+    Returns (flags, cleaned, how): the flags and cleaned values of the unpadded frame and
+    a few words on how they were found, for the summary.
+    """
+    flags, cleaned = _padded_lacosmic(
+        _reflect_pad(electrons, _PAD),
+        _reflect_pad(variance, _PAD),
+        _reflect_pad(excluded, _PAD),
+        read_noise=read_noise,
+        satlevel=satlevel,
+        **params,
+    )
+    return flags, cleaned, "L.A.Cosmic on the whole frame"
+
+
+def _padded_lacosmic(electrons, variance, excluded, *, read_noise, satlevel, **params):
+    """astroscrappy on the padded arrays; (flags, cleaned) of the unpadded frame."""
     import astroscrappy
 
     flags, cleaned = astroscrappy.detect_cosmics(
-        _reflect_pad(electrons, _PAD),
-        inmask=_reflect_pad(excluded, _PAD),
-        invar=_reflect_pad(variance, _PAD),
+        electrons,
+        inmask=excluded,
+        invar=variance,
         gain=1.0,
         readnoise=read_noise,
         satlevel=satlevel,
@@ -375,8 +393,8 @@ def _lacosmic(electrons, variance, excluded, *, read_noise, satlevel, **params):
 def _lacosmic_tiled(electrons, variance, excluded, *, read_noise, satlevel, sigclip, **params):
     """:func:`_lacosmic`, with astroscrappy run only on tiles around candidate pixels.
 
-    Same arguments and result as :func:`_lacosmic` (electrons, e-**2; flags and cleaned
-    values of the unpadded frame).
+    Same arguments and results as :func:`_lacosmic` (electrons, e-**2; flags and cleaned
+    values of the unpadded frame, and how they were found).
 
     Notes
     -----
@@ -406,20 +424,18 @@ def _lacosmic_tiled(electrons, variance, excluded, *, read_noise, satlevel, sigc
     e_pad = _reflect_pad(electrons, _PAD)
     v_pad = _reflect_pad(variance, _PAD)
     shape = e_pad.shape
+    x_pad = _reflect_pad(excluded, _PAD)
+    whole = dict(read_noise=read_noise, satlevel=satlevel, **params)
     if min(shape) < 2 * _TILE_MIN:
-        return _lacosmic(
-            electrons, variance, excluded, read_noise=read_noise, satlevel=satlevel, **params
-        )
+        return (*_padded_lacosmic(e_pad, v_pad, x_pad, **whole), "L.A.Cosmic on the whole frame")
     seeds = _candidates(e_pad, v_pad, _TILE_SAFETY * sigclip)
     labels, _ = ndimage.label(seeds, np.ones((3, 3), bool))
     owns = [_grow(sl, _TILE_REACH, shape) for sl in ndimage.find_objects(labels)]
     boxes = [_box(own, shape) for own in owns]
     area = sum((b[0].stop - b[0].start) * (b[1].stop - b[1].start) for b in boxes)
     if area > _TILE_MAX_AREA * e_pad.size:
-        return _lacosmic(
-            electrons, variance, excluded, read_noise=read_noise, satlevel=satlevel, **params
-        )
-    x_pad = _reflect_pad(excluded, _PAD)
+        how = f"L.A.Cosmic on the whole frame (tiles would cover {area / e_pad.size:.0%})"
+        return (*_padded_lacosmic(e_pad, v_pad, x_pad, **whole), how)
     flags = np.zeros(shape, bool)
     cleaned = e_pad  # a new array: only its flagged pixels are changed
 
@@ -435,24 +451,25 @@ def _lacosmic_tiled(electrons, variance, excluded, *, read_noise, satlevel, sigc
             **params,
         )
 
-    results = []
+    results, area = [], 0
     for own, box in zip(owns, boxes, strict=True):
         tile_flags, tile_clean = run(box)
+        area += tile_flags.size
         for _ in range(_TILE_GROW):
             wider = _continued(tile_flags, own, box, shape)
             if wider is None:
                 break
             own, box = wider, _box(wider, shape)
             tile_flags, tile_clean = run(box)
+            area += tile_flags.size
         inner = _relative(own, box)
         results.append((own, tile_flags[inner], tile_clean[inner]))
-    # values first, flags after: a pixel owned by two tiles keeps a cleaned value
-    for own, tile_flags, tile_clean in results:
+    for own, tile_flags, tile_clean in results:  # after all runs: cleaned is e_pad
         np.copyto(cleaned[own], tile_clean, where=tile_flags)
-    for own, tile_flags, _ in results:
         flags[own] |= tile_flags
     inner = (slice(_PAD, -_PAD), slice(_PAD, -_PAD))
-    return flags[inner], cleaned[inner]
+    how = f"L.A.Cosmic on {len(owns)} tiles ({area / e_pad.size:.1%} of the frame run)"
+    return flags[inner], cleaned[inner], how
 
 
 def _candidates(electrons, variance, threshold):
