@@ -75,7 +75,7 @@ _TILE_MARGIN = 8
 _TILE_MIN = 16
 #: Candidate test at this fraction of ``sigclip``: a margin for float rounding only (the
 #: statistic is astroscrappy's own, evaluated exactly at the candidates).
-_TILE_SAFETY = 0.95
+_TILE_SAFETY = 0.99
 #: Side (px) of the blocks whose minimum variance bounds the 7x7 median from below.
 _FLOOR_BLOCK = 8
 #: A tile's own region is grown (and the tile rerun) at most this many times when its flags
