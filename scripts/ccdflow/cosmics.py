@@ -35,6 +35,12 @@ What is added to plain astroscrappy
   or a header gain that is too high would otherwise make L.A.Cosmic flag noise. (On the real
   M51 frames the measured noise is 1.4x the model, and the flags drop from ~0.2 % to ~0.03 %
   of the pixels.)
+- Speed (``tiled=True``, the default): astroscrappy runs only on small tiles around the
+  pixels where L.A.Cosmic can flag anything (a necessary condition on its own Laplacian
+  statistic, evaluated without median-filtering the frame; see `_lacosmic_tiled`), with the
+  same inputs and parameters as on the whole frame: on the 2048x2048 benchmark frames the
+  same flags and cleaned values, for about a fifth of the frame run through astroscrappy.
+  ``tiled=False`` runs the whole frame.
 - Guards that exclude a frame instead of cleaning it: a negative sky (``negative_sky``), a
   measured noise far above the model (``noise_model``: sky already subtracted, wrong gain or
   read noise), a flagged fraction above ``max_fraction`` (``cosmic_fraction``).
@@ -67,8 +73,9 @@ _SAT_MARGIN = 4
 #: twice by one pixel around the pixels above ``sigclip``) ...
 _TILE_REACH = 2
 #: ... and astroscrappy sees this many px of the frame around that region (its 7x7 and 9x9
-#: separable medians of 5x5 medians, and their edge handling, reach about 6 px; the flags of
-#: the benchmark frames agree with the whole frame from a margin of 4 px on).
+#: separable medians of 5x5 medians, and their edge handling, reach about 6 px). On 8 frames
+#: of the benchmark night, margins of 6 and 8 px give exactly the whole-frame flags and
+#: cleaned values; 4 px differs by 1 flagged pixel of ~3300 on one frame.
 _TILE_MARGIN = 8
 #: Smallest side (px) of an array given to astroscrappy: its 9x9 median filter writes out of
 #: bounds on smaller arrays.
@@ -81,6 +88,8 @@ _FLOOR_BLOCK = 8
 #: A tile's own region is grown (and the tile rerun) at most this many times when its flags
 #: continue outside it (a track found piece by piece over the iterations).
 _TILE_GROW = 4
+#: Candidates whose exact statistic is computed at a time (7x7 windows: 200 bytes each).
+_CHUNK = 1 << 16
 #: Tiles covering more than this fraction of the padded frame: one whole-frame run instead.
 _TILE_MAX_AREA = 0.6
 
@@ -494,14 +503,15 @@ def _candidates(electrons, variance, threshold):
     edge = 3
     maybe[:edge] = maybe[-edge:] = False
     maybe[:, :edge] = maybe[:, -edge:] = False
+    off = np.arange(-edge, edge + 1)
     ys, xs = np.nonzero(maybe)
-    if ys.size:
-        off = np.arange(-edge, edge + 1)
-        window = variance[ys[:, None, None] + off[:, None], xs[:, None, None] + off]
-        median7 = np.median(np.median(window, axis=2), axis=1)
-        s = lplus[ys, xs] / (2 * np.sqrt(np.maximum(median7, np.float32(1e-5))))
+    for i in range(0, ys.size, _CHUNK):  # 7x7 windows of variance, _CHUNK at a time
+        y, x = ys[i : i + _CHUNK], xs[i : i + _CHUNK]
+        window = variance[y[:, None, None] + off[:, None], x[:, None, None] + off]
+        median7 = np.median(np.median(window, axis=2), axis=1)  # rows first, as astroscrappy
+        s = lplus[y, x] / (2 * np.sqrt(np.maximum(median7, np.float32(1e-5))))
         low = s <= threshold
-        maybe[ys[low], xs[low]] = False
+        maybe[y[low], x[low]] = False
     return maybe
 
 

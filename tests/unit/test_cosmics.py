@@ -352,7 +352,7 @@ def test_tiled_flags_agree_on_the_calibrated_demo_frame(frame):
     assert (b & frame["core"]).sum() <= 0.001 * frame["core"].sum()
 
 
-def test_candidates_hold_every_pixel_lacosmic_can_flag():
+def test_candidates_hold_every_pixel_lacosmic_can_flag(monkeypatch):
     """The necessary condition of the tiled search, against astroscrappy's own statistic."""
     from astroscrappy import utils
 
@@ -372,6 +372,24 @@ def test_candidates_hold_every_pixel_lacosmic_can_flag():
     assert must.sum() > 100
     assert not (must & ~candidates).any()
     assert candidates.sum() < 1.2 * (inner & (s > cosmics._TILE_SAFETY * 4.5)).sum() + 5
+    monkeypatch.setattr(cosmics, "_CHUNK", 7)  # the exact test in chunks: the same pixels
+    np.testing.assert_array_equal(
+        cosmics._candidates(data, var, cosmics._TILE_SAFETY * 4.5), candidates
+    )
+
+
+def test_small_frames_and_frames_without_candidates():
+    rng = np.random.default_rng(8)
+    mask = np.zeros((20, 40), bits.MASK_DTYPE)
+    data = (100.0 + rng.normal(0, 10.0, mask.shape)).astype(np.float32)
+    data[10, 20] += 1500.0
+    small = clean_cosmics(data, mask, read_noise=5.0)  # too small for tiles
+    assert small.ok and "whole frame" in small.detail and _cosmic(small)[10, 20]
+    flat = np.full((96, 96), 100.0, np.float32)  # nothing to search
+    mask = np.zeros(flat.shape, bits.MASK_DTYPE)
+    result = clean_cosmics(flat, mask, read_noise=5.0)
+    assert result.ok and result.n_flagged == 0 and "on 0 tiles" in result.detail
+    np.testing.assert_array_equal(result.data, flat)
 
 
 def test_reflect_pad_and_saturated_margin_match_numpy_and_scipy():
