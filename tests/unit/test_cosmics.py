@@ -402,11 +402,14 @@ def test_reflect_pad_and_saturated_margin_match_numpy_and_scipy():
             np.testing.assert_array_equal(
                 cosmics._reflect_pad(a, width), np.pad(a, width, mode="reflect")
             )
-    mask = np.zeros((50, 60), bits.MASK_DTYPE)
-    mask[rng.integers(0, 50, 12), rng.integers(0, 60, 12)] = bits.SATURATED
-    mask[0, 0] = mask[49, 59] = bits.SATURATED | bits.BAD
-    mask[20, 20] = bits.BAD
-    expected = ndimage.binary_dilation(
-        (mask & bits.SATURATED) != 0, np.ones((5, 5), bool), iterations=2
-    )
-    np.testing.assert_array_equal(cosmics._saturated_margin(mask), expected)
+    for n_saturated in (12, 2):  # many rows and columns (whole-array filters), or a few
+        mask = np.zeros((50, 60), bits.MASK_DTYPE)
+        mask[rng.integers(0, 50, n_saturated), rng.integers(0, 60, n_saturated)] = bits.SATURATED
+        mask[0, 0] = mask[49, 59] = bits.SATURATED | bits.BAD
+        mask[20, 20] = bits.BAD
+        mask_in = mask.copy()
+        expected = ndimage.binary_dilation(
+            (mask & bits.SATURATED) != 0, np.ones((5, 5), bool), iterations=2
+        )
+        np.testing.assert_array_equal(cosmics._saturated_margin(mask), expected)
+        np.testing.assert_array_equal(mask, mask_in)
