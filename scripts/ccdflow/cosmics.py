@@ -571,19 +571,22 @@ def _lplus(electrons):
 
     Of a pixel's 4 subpixels, each has two neighbours inside the pixel and one horizontal
     (h) and one vertical (v) neighbour pixel, so its Laplacian is ``2x - h - v``. Returns a
-    float32 image in the unit of ``electrons``. On the outer rows and columns a missing
-    neighbour is taken equal to the pixel (astroscrappy's differ; they are never used).
+    float32 image in the unit of ``electrons``, 0 on the outer rows and columns (never
+    candidates).
     """
-    x = np.pad(electrons, 1, mode="edge")
-    centre = 2 * x[1:-1, 1:-1]
-    left, right = x[1:-1, :-2], x[1:-1, 2:]
-    up, down = x[:-2, 1:-1], x[2:, 1:-1]
-    total = np.zeros(electrons.shape, np.float32)
+    e = electrons
+    total = np.zeros(e.shape, np.float32)
+    inner = total[1:-1, 1:-1]
+    left = np.multiply(e[1:-1, 1:-1], np.float32(2))
+    right = left - e[1:-1, 2:]
+    left -= e[1:-1, :-2]
+    term = np.empty_like(left)
     for h in (left, right):
-        ch = centre - h
-        for v in (up, down):
-            total += np.maximum(ch - v, 0)
-    total *= np.float32(0.25)
+        for v in (e[:-2, 1:-1], e[2:, 1:-1]):
+            np.subtract(h, v, out=term)
+            np.maximum(term, 0, out=term)
+            inner += term
+    inner *= np.float32(0.25)
     return total
 
 
