@@ -79,8 +79,8 @@ _TILE_REACH = 2
 _TILE_MARGIN = 8
 #: Clusters of candidates closer than 2 * this (px) share one tile.
 _TILE_JOIN = 4
-#: Smallest side (px) of an array given to astroscrappy: its 9x9 median filter writes out of
-#: bounds on smaller arrays.
+#: Smallest side (px) of an array given to astroscrappy: it corrupted memory on tiles of a
+#: few px a side (its 9x9 median filter copies 4-px borders).
 _TILE_MIN = 16
 #: Candidate test at this fraction of ``sigclip``: a margin for float rounding only (the
 #: statistic is astroscrappy's own, evaluated exactly at the candidates).
