@@ -186,7 +186,7 @@ def clean_cosmics(
         True (default): run astroscrappy only on small tiles around the pixels where
         L.A.Cosmic can flag anything (see :func:`_lacosmic_tiled`); same parameters and
         inputs, the same flags and cleaned values as the whole frame on the benchmark
-        frames, for about 1/7 of the CPU time at 2048x2048 (``benchmarks/README.md``).
+        frames, for about 1/8 of the CPU time at 2048x2048 (``benchmarks/README.md``).
         False: one astroscrappy run on the whole (padded) frame.
 
     Returns
