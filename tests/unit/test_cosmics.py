@@ -262,3 +262,154 @@ def test_bad_arguments():
         clean_cosmics(data, mask, read_noise=float("nan"))
     result = clean_cosmics(data, mask | bits.NODATA, read_noise=5.0)
     assert not result.ok and result.reason == "no_valid_pixels"
+
+
+# --- tiled search (clean_cosmics(tiled=True), the default) ---------------------------------
+
+
+def _synthetic(seed, shape=(384, 384), n_stars=30, n_events=40, n_faint=20, sky=150.0, rn=6.0):
+    """A seeded frame in e- (sky, Gaussian stars of FWHM 3 px, Poisson and read noise) with
+    cosmic-ray tracks like the demo's (1-6 px, 300-5000 e- a pixel; none within 6 px of a
+    bright star) and ``n_faint`` faint ones (40-200 e- a pixel, about 3 to 15 times the sky
+    noise: around L.A.Cosmic's threshold); returns (data, mask, pixels of the demo-like
+    tracks, pixels of the faint ones, bright-star cores)."""
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    yy, xx = np.indices(shape)
+    ys, xs = rng.uniform(4, ny - 4, n_stars), rng.uniform(4, nx - 4, n_stars)
+    peaks = 10 ** rng.uniform(2.5, 4.7, n_stars)  # e-: up to 5e4, well above the sky
+    sigma = 3.0 / 2.3548
+    signal = np.full(shape, sky)
+    for y, x, p in zip(ys, xs, peaks, strict=True):
+        signal += p * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
+    data = rng.poisson(signal) + rng.normal(0, rn, shape)
+    bright = peaks > BRIGHT_PEAK
+    near_star = np.zeros(shape, bool)
+    core = np.zeros(shape, bool)
+    for y, x in zip(ys[bright], xs[bright], strict=True):
+        r2 = (yy - y) ** 2 + (xx - x) ** 2
+        near_star |= r2 <= 6**2
+        core |= r2 <= 3**2
+    cosmic, faint = np.zeros(shape, bool), np.zeros(shape, bool)
+    for i in range(n_events + n_faint):
+        y0, x0 = rng.integers(0, ny), rng.integers(0, nx)
+        angle, length = rng.uniform(0, 2 * np.pi), rng.integers(1, 7)
+        step = max(abs(np.cos(angle)), abs(np.sin(angle)))
+        k = np.arange(length)
+        ty = y0 + np.rint(k * np.sin(angle) / step).astype(int)
+        tx = x0 + np.rint(k * np.cos(angle) / step).astype(int)
+        ok = (ty >= 0) & (ty < ny) & (tx >= 0) & (tx < nx)
+        ty, tx = ty[ok], tx[ok]
+        if near_star[ty, tx].any() or (cosmic | faint)[ty, tx].any():
+            continue
+        hit = cosmic if i < n_events else faint
+        data[ty, tx] += rng.uniform(*((300, 5000) if i < n_events else (40, 200)), ty.size)
+        hit[ty, tx] = True
+    core &= ~ndimage.binary_dilation(cosmic | faint, np.ones((3, 3), bool))
+    return data.astype(np.float32), np.zeros(shape, bits.MASK_DTYPE), cosmic, faint, core
+
+
+def _agreement(a, b):
+    """|A & B| / |A | B| of two flag images (1 when both are empty)."""
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_tiled_flags_agree_with_the_whole_frame_and_find_the_cosmic_rays(seed):
+    data, mask, cosmic, faint, core = _synthetic(seed)
+    whole = clean_cosmics(data, mask, read_noise=6.0, tiled=False)
+    tiled = clean_cosmics(data, mask, read_noise=6.0)
+    assert whole.ok and tiled.ok, tiled.detail
+    assert "whole frame" in whole.detail and " tiles (" in tiled.detail, tiled.detail
+    a, b = _cosmic(whole), _cosmic(tiled)
+    agreement = _agreement(a, b)
+    recall = (b & cosmic).sum() / cosmic.sum()
+    print(
+        f"seed {seed}: {tiled.detail}\n  {b.sum()} tiled / {a.sum()} whole-frame flags, agreement "
+        f"{agreement:.4f}; recall {recall:.4f} of {cosmic.sum()}; "
+        f"{(b & core).sum()} of {core.sum()} bright-core pixels flagged; "
+        f"{(b & faint).sum()} of {faint.sum()} faint-track pixels flagged"
+    )
+    assert cosmic.sum() > 100 and faint.sum() > 40 and core.sum() > 100
+    assert agreement >= 0.995
+    assert recall >= 0.98
+    assert not (b & core).any()
+    both = a & b
+    np.testing.assert_array_equal(tiled.data[both], whole.data[both])
+    np.testing.assert_array_equal(tiled.data[~b], data[~b])
+
+
+def test_tiled_flags_agree_on_the_calibrated_demo_frame(frame):
+    whole = clean_cosmics(
+        frame["data"], frame["mask"], read_noise=frame["read_noise"], tiled=False
+    )
+    tiled = frame["result"]  # the default
+    a, b = _cosmic(whole), _cosmic(tiled)
+    print(f"demo frame: {b.sum()} tiled / {a.sum()} whole-frame flags")
+    assert _agreement(a, b) >= 0.995
+    assert (b & frame["cosmic"]).sum() >= 0.98 * frame["cosmic"].sum()
+    assert (b & frame["core"]).sum() <= 0.001 * frame["core"].sum()
+
+
+def test_candidates_hold_every_pixel_lacosmic_can_flag(monkeypatch):
+    """The necessary condition of the tiled search, against astroscrappy's own statistic."""
+    from astroscrappy import utils
+
+    from ccdflow import cosmics
+
+    data = _synthetic(21)[0]
+    rng = np.random.default_rng(5)
+    var = np.maximum(data, 0) + 36.0 + rng.uniform(0, 300, data.shape).astype(np.float32)
+    var = var.astype(np.float32)
+    lplus = utils.rebin(np.clip(utils.laplaceconvolve(utils.subsample(data)), 0, None))
+    s = lplus / (2 * np.sqrt(np.maximum(utils.sepmedfilt7(var), 1e-5)))
+    inner = np.zeros(data.shape, bool)
+    inner[3:-3, 3:-3] = True
+    np.testing.assert_allclose(cosmics._lplus(data)[inner], lplus[inner], rtol=1e-5, atol=1e-2)
+    candidates = cosmics._candidates(data, var, cosmics._TILE_SAFETY * 4.5)
+    must = inner & (s > 4.5)
+    assert must.sum() > 100
+    assert not (must & ~candidates).any()
+    assert candidates.sum() < 1.2 * (inner & (s > cosmics._TILE_SAFETY * 4.5)).sum() + 5
+    monkeypatch.setattr(cosmics, "_CHUNK", 7)  # the exact test in chunks: the same pixels
+    np.testing.assert_array_equal(
+        cosmics._candidates(data, var, cosmics._TILE_SAFETY * 4.5), candidates
+    )
+
+
+def test_small_frames_and_frames_without_candidates():
+    rng = np.random.default_rng(8)
+    mask = np.zeros((20, 40), bits.MASK_DTYPE)
+    data = (100.0 + rng.normal(0, 10.0, mask.shape)).astype(np.float32)
+    data[10, 20] += 1500.0
+    small = clean_cosmics(data, mask, read_noise=5.0)  # too small for tiles
+    assert small.ok and "whole frame" in small.detail and _cosmic(small)[10, 20]
+    flat = np.full((96, 96), 100.0, np.float32)  # nothing to search
+    mask = np.zeros(flat.shape, bits.MASK_DTYPE)
+    result = clean_cosmics(flat, mask, read_noise=5.0)
+    assert result.ok and result.n_flagged == 0 and "on 0 tiles" in result.detail
+    np.testing.assert_array_equal(result.data, flat)
+
+
+def test_reflect_pad_and_saturated_margin_match_numpy_and_scipy():
+    from ccdflow import cosmics
+
+    rng = np.random.default_rng(0)
+    for shape in [(7, 9), (16, 5), (40, 33)]:
+        a = rng.normal(size=shape).astype(np.float32)
+        for width in (1, 2, 4):
+            np.testing.assert_array_equal(
+                cosmics._reflect_pad(a, width), np.pad(a, width, mode="reflect")
+            )
+    for n_saturated in (12, 2):  # many rows and columns (whole-array filters), or a few
+        mask = np.zeros((50, 60), bits.MASK_DTYPE)
+        mask[rng.integers(0, 50, n_saturated), rng.integers(0, 60, n_saturated)] = bits.SATURATED
+        mask[0, 0] = mask[49, 59] = bits.SATURATED | bits.BAD
+        mask[20, 20] = bits.BAD
+        mask_in = mask.copy()
+        expected = ndimage.binary_dilation(
+            (mask & bits.SATURATED) != 0, np.ones((5, 5), bool), iterations=2
+        )
+        np.testing.assert_array_equal(cosmics._saturated_margin(mask), expected)
+        np.testing.assert_array_equal(mask, mask_in)
