@@ -7,16 +7,17 @@ each of V and R, 8 lights of 60 s per filter) into WORKDIR/night (kept and reuse
 REPEATS rounds. Each round runs, in this order and each from a clean output folder:
 
   ccdflow       snakemake ... --until stack_group with cosmics.enabled: false: masters,
-                calibrated, (pass-through) cleaned and aligned frames, stacks; the stages
-                Siril's script also does (calibration, alignment, stacking)
+                one frame job per light (calibrated and aligned frames, records), the
+                selections, stacks; the stages Siril's script also does (calibration,
+                alignment, stacking)
   siril         siril-cli -d WORKDIR/siril -s ../shared/bench/siril-preprocess.ssf
                 (process/ and results/ wiped first)
   ccdproc       benchmarks/ccdproc_reduce.py (astropy CCD-guide style)
-  ccdflow_full  the default ccdflow run: everything above plus L.A.Cosmic cleaning, raw
-                stacks, previews and the QC table (cosmic-ray cleaning is timed separately
-                here, from the per-job times of the Snakemake log)
+  ccdflow_full  the default ccdflow run: everything above plus L.A.Cosmic cleaning (in the
+                frame jobs; its seconds are in each record), raw stacks, previews and the
+                QC table
   ccdflow_floor (--floor) the ccdflow run on the same night at 96x128 px (WORKDIR/
-                night_floor): the same 38 jobs, processes and imports with negligible
+                night_floor): the same jobs, processes and imports with negligible
                 arithmetic, i.e. what the workflow costs before any pixel work
 
 Measured per run: wall time, CPU time (user + system of the whole process tree, from
