@@ -149,12 +149,20 @@ def quick_header(path):
         if parsed is None:
             raise FrameError(path, "unreadable", "not a FITS file (no SIMPLE card / no END)")
         header, hbytes = parsed
-        if int(header.get("NAXIS", 0) or 0) == 2:
-            need = hbytes + _data_bytes(header)
+        try:
+            naxis = int(header.get("NAXIS", 0) or 0)
+            if naxis == 2:
+                need = hbytes + _data_bytes(header)
+                shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        except (KeyError, ValueError, TypeError) as exc:  # a broken structural card
+            raise FrameError(
+                path, "unreadable", f"broken image size cards ({type(exc).__name__}: {exc})"
+            ) from exc
+        if naxis == 2:
             size = path.stat().st_size
             if size < need:
                 raise FrameError(path, "truncated", f"{size} of {need} bytes present")
-            header["_SHAPE"] = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+            header["_SHAPE"] = shape
             header["_HDU"] = 0
             return header
     return _astropy_header(path)
