@@ -95,7 +95,7 @@ def _build(recipe):
 
 @st.composite
 def corruptions(draw, size):
-    kind = draw(st.sampled_from(["none", "truncate", "flip", "end", "naxis"]))
+    kind = draw(st.sampled_from(["none", "truncate", "flip", "end", "naxis", "no_naxis1"]))
     if kind == "truncate":
         return kind, draw(st.integers(0, size - 1))
     if kind == "flip":
@@ -113,6 +113,8 @@ def _corrupt(content, kind, where):
         return content.replace(b"END" + b" " * 77, b"XND" + b" " * 77, 1)
     if kind == "naxis":
         return content.replace(b"NAXIS1  =", b"NAXIS1  = 999999 /", 1)
+    if kind == "no_naxis1":  # a structural card lost (a flipped byte in its name)
+        return content.replace(b"NAXIS1  =", b"NAXIS!  =", 1)
     return content
 
 
