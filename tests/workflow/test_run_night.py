@@ -53,6 +53,7 @@ def test_dry_run_plans_the_whole_night(run):
         "stack_raw_group": 4,
         "make_preview": 4,
         "collect_qc": 1,
+        "make_report": 1,
         "all": 1,
     }
 
