@@ -15,6 +15,7 @@ write_report(
     masters=snakemake.input.masters,
     stacks=snakemake.input.stacks,
     raw_stacks=snakemake.input.raw_stacks,
+    cosmics=snakemake.input.cosmics,
     config=snakemake.params.config,
     version=snakemake.params.version,
     logs_dir=snakemake.params.logs_dir,

@@ -128,12 +128,68 @@ def _master_picture(path):
     fig = _figure(4.2, 3.2)
     unit = header.get("BUNIT", "")
     _show(fig, fig.add_subplot(), data, f"{Path(path).name} ({unit or 'relative'})")
-    return {
+    out = {
         "name": Path(path).name,
         "ncombine": header.get("NCOMBINE", ""),
         "method": header.get("COMBMETH", ""),
         "png": _png(fig),
+        "profiles": None,
     }
+    if data is not None and Path(path).name.startswith("bias"):
+        out["profiles"] = _bias_profiles(data, Path(path).name, unit)
+    return out
+
+
+def _bias_profiles(data, name, unit):
+    """Row and column profiles (medians across the other axis) of a master bias."""
+    fig = _figure(8.4, 2.4)
+    for i, (axis, label) in enumerate(((0, "column"), (1, "row"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        ax.plot(np.nanmedian(data, axis=axis), lw=0.8)
+        ax.set_xlabel(f"{label} (px)", fontsize=8)
+        ax.set_ylabel(f"median ({unit or 'adu'})", fontsize=8)
+        ax.set_title(f"{name}: {label} profile", fontsize=9)
+        ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def _cosmics_picture(group, path):
+    """One calibrated frame of a group with its cosmic-ray-flagged pixels in red."""
+    from astropy.io import fits
+
+    from ccdflow import bits
+
+    with fits.open(path) as hdul:
+        data = hdul[0].data
+        names = [h.name for h in hdul]
+        mask = hdul["MASK"].data if "MASK" in names and data is not None else None
+        data = None if data is None else np.asarray(data, dtype=np.float32)
+    fig = _figure(4.6, 3.6)
+    ax = fig.add_subplot()
+    _show(fig, ax, data, f"{Path(path).stem}: cosmic rays", colorbar=False)
+    n = 0
+    if data is not None and mask is not None:
+        y, x = np.nonzero(np.asarray(mask) & bits.COSMIC)
+        n = len(x)
+        factor = max(1, math.ceil(max(data.shape) / MAX_IMAGE_PX))
+        ax.scatter(x / factor, y / factor, s=4, c="red", marker="s", linewidths=0)
+    return {"group": group, "frame": Path(path).stem, "n": n, "png": _png(fig)}
+
+
+def _detector_rows(records):
+    """The detector values the frame jobs used, with their sources, and how many frames."""
+    rows = {}
+    for r in records:
+        d = r.get("detector") or {}
+        row = {}
+        for name in ("gain", "read_noise", "saturation"):
+            q = d.get(name) or {}
+            value = q.get("value")
+            row[name] = "" if value is None else f"{value:.4g} {q.get('unit', '')}"
+            row[f"{name}_source"] = q.get("source", "")
+        key = tuple(row.values())
+        rows.setdefault(key, {**row, "n": 0})["n"] += 1
+    return list(rows.values())
 
 
 def _stack_picture(group, stack, raw_stack, selection):
@@ -259,6 +315,7 @@ def write_report(
     raw_stacks,
     config,
     version,
+    cosmics=(),
     logs_dir=None,
 ):
     """Write the night report ``output`` (HTML) from a run's products.
@@ -280,6 +337,9 @@ def write_report(
         with every frame excluded has header-only files, shown as such).
     config : dict
         The run's configuration (shown as YAML).
+    cosmics : sequence of path-like
+        Per group, in the order of ``selections``: one calibrated frame
+        (``results/calibrated/{frame}.fits``) shown with its cosmic-ray mask.
     version : str
         Pipeline version.
     logs_dir : path-like or None
@@ -324,6 +384,10 @@ def write_report(
         "stacks": [
             _stack_picture(s["group"], st, raw, s)
             for s, st, raw in zip(selections, stacks, raw_stacks, strict=True)
+        ],
+        "detector": _detector_rows(records),
+        "cosmics": [
+            _cosmics_picture(s["group"], p) for s, p in zip(selections, cosmics, strict=True)
         ],
         "time_plots": [
             _time_plot(s["group"], by_group.get(s["group"], []), dates, excluded, selection_cfg)

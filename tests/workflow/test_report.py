@@ -139,13 +139,17 @@ def test_night_report_in_the_browser(reduced, browser):
     )
     masters = sorted(p.name for p in (work / "results/masters").glob("*.fits"))
     groups = {f["group"] for f in read_tsv(work / "results/qc/frames.tsv")}
-    # every master, each stack beside its raw stack, one quality plot per group
-    assert len(images) == len(masters) + 2 * len(groups)
+    # every master and the profiles of each bias; per group: the stack beside its raw
+    # stack, a frame with its cosmic-ray mask, the quality plot
+    n_bias = sum(m.startswith("bias") for m in masters)
+    assert len(images) == len(masters) + n_bias + 3 * len(groups)
     assert [i for i in images if not (i[1] and i[2] > 0)] == []
 
     lineage = browser.find_element(By.CSS_SELECTOR, "table.lineage[data-group='M13demo_V_60']")
     text = lineage.text
     assert EXCLUDED in text and "excluded: excluded_by_config" in text
+    detector = browser.find_element(By.ID, "detector-table").text
+    assert "electron/adu" in detector and "header" in detector
     for kind in ("bias", "dark", "flat_1x1_128x96_V"):
         assert any(m.startswith(kind) and Path(m).stem in text for m in masters), kind
 

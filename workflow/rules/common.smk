@@ -291,6 +291,8 @@ def report_inputs(wildcards):
         "selections": [f"results/selection/{g}.json" for g in GROUPS],
         "stacks": [f"results/stacks/{g}.fits" for g in GROUPS],
         "raw_stacks": [f"results/stacks/raw/{g}.fits" for g in GROUPS],
+        # one calibrated frame per group, shown with its cosmic-ray mask
+        "cosmics": [f"results/calibrated/{sorted(GROUPS[g])[0]}.fits" for g in GROUPS],
         "masters": [m.path for m in PLAN.masters.values()],
         "qc": "results/qc/frames.tsv",
         "frames": "results/index/frames.tsv",
