@@ -297,6 +297,77 @@ def _lineage(selections, calibration):
     return out
 
 
+def _lineage_graph(entry):
+    """A small graph of one stack's lineage: masters -> sets of input frames calibrated
+    alike (same masters and dark scale) -> the stack; excluded frames in grey."""
+    sets = {}
+    for r in entry["rows"]:
+        stacked = r["used"] == "stacked"
+        key = (
+            stacked,
+            r.get("bias", ""),
+            r.get("dark", ""),
+            r.get("dark_scale", ""),
+            r.get("flat", ""),
+        )
+        sets.setdefault(key, []).append(r["frame"])
+    masters = sorted({m for key in sets for m in (key[1], key[2], key[4]) if m})
+    fig = _figure(8.4, 0.5 + 0.45 * max(len(masters), len(sets), 1))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+
+    def ys(n):
+        return [1 - (i + 1) / (n + 1) for i in range(n)]
+
+    box = {"boxstyle": "round", "fc": "#eef", "ec": "#88a"}
+    where = dict(zip(masters, ys(len(masters)), strict=True))
+    for name, y in where.items():
+        ax.text(0.15, y, name, ha="center", va="center", fontsize=8, bbox=box)
+    stack_y = 0.5
+    ax.text(
+        0.88,
+        stack_y,
+        f"stack {entry['group']}",
+        ha="center",
+        va="center",
+        fontsize=8,
+        bbox={**box, "fc": "#efe", "ec": "#8a8"},
+    )
+    for (stacked, bias, dark, scale, flat), y in zip(sets, ys(len(sets)), strict=True):
+        frames = sets[(stacked, bias, dark, scale, flat)]
+        label = f"{len(frames)} frame{'s' * (len(frames) > 1)}"
+        label += f", dark x{float(scale):.3g}" if dark and scale not in ("", None) else ""
+        colour = "#333" if stacked else "#999"
+        ax.text(
+            0.52,
+            y,
+            label if stacked else label + " (excluded)",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color=colour,
+            bbox={**box, "fc": "#fff" if stacked else "#eee"},
+        )
+        for m in (bias, dark, flat):
+            if m:
+                ax.annotate(
+                    "",
+                    (0.42, y),
+                    (0.27, where[m]),
+                    arrowprops={"arrowstyle": "->", "color": colour, "lw": 0.8},
+                )
+        if stacked:
+            ax.annotate(
+                "",
+                (0.8, stack_y),
+                (0.62, y),
+                arrowprops={"arrowstyle": "->", "color": colour, "lw": 0.8},
+            )
+    return _png(fig)
+
+
 def _link(path, page_dir):
     return {"name": str(path), "href": os.path.relpath(Path(path).resolve(), page_dir)}
 
@@ -366,6 +437,9 @@ def write_report(
         by_group.setdefault(r["group"], []).append(r)
     selection_cfg = config.get("selection", {})
     logs = sorted(Path(logs_dir).rglob("*.log")) if logs_dir else []
+    lineage = _lineage(selections, calibration)
+    for entry in lineage:
+        entry["graph"] = _lineage_graph(entry)
     context = {
         "version": version,
         "generated": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -380,7 +454,7 @@ def write_report(
         "columns": FRAME_COLUMNS,
         "frame_rows": qc_rows,
         "rejected": _read_tsv(rejected_table),
-        "lineage": _lineage(selections, calibration),
+        "lineage": lineage,
         "stacks": [
             _stack_picture(s["group"], st, raw, s)
             for s, st, raw in zip(selections, stacks, raw_stacks, strict=True)

@@ -140,9 +140,9 @@ def test_night_report_in_the_browser(reduced, browser):
     masters = sorted(p.name for p in (work / "results/masters").glob("*.fits"))
     groups = {f["group"] for f in read_tsv(work / "results/qc/frames.tsv")}
     # every master and the profiles of each bias; per group: the stack beside its raw
-    # stack, a frame with its cosmic-ray mask, the quality plot
+    # stack, a frame with its cosmic-ray mask, the quality plot, the lineage graph
     n_bias = sum(m.startswith("bias") for m in masters)
-    assert len(images) == len(masters) + n_bias + 3 * len(groups)
+    assert len(images) == len(masters) + n_bias + 4 * len(groups)
     assert [i for i in images if not (i[1] and i[2] > 0)] == []
 
     lineage = browser.find_element(By.CSS_SELECTOR, "table.lineage[data-group='M13demo_V_60']")
