@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/masters.smk"
 include: "workflow/rules/frames.smk"
 include: "workflow/rules/stack.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

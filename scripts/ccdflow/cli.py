@@ -44,6 +44,7 @@ def _demo(args):
         return rc
     print()
     print(summary.format_summary(workdir, truth))
+    print(f"\nnight report: {workdir / 'results/report/index.html'} (open it in a browser)")
     return 0
 
 

@@ -28,9 +28,11 @@ PER_GROUP = ("select_frames", "stack_group", "stack_raw_group", "make_preview")
 
 
 def jobs(frames=0, groups=0, qc=True, **extra):
-    """Expected job counts: per-frame chain x frames, per-group outputs x groups."""
+    """Expected job counts: per-frame chain x frames, per-group outputs x groups, and the
+    night's QC table and report (which show every frame and every stack)."""
     out = {rule: frames for rule in PER_FRAME} | {rule: groups for rule in PER_GROUP}
     out["collect_qc"] = int(qc)
+    out["make_report"] = int(qc)
     out.update(extra)
     return {k: v for k, v in out.items() if v}
 
@@ -118,7 +120,8 @@ def test_half_copied_frame_is_skipped_then_picked_up_when_complete(night):
     src = night.source / "raw" / "light_M13demo_R_060s_003.fits"
     dst = night.raw / src.name
     dst.write_bytes(src.read_bytes()[:5000])  # the copy is still running
-    assert night.plan() == {}
+    # nothing is recomputed; the night report is rebuilt to list the skipped file
+    assert night.plan() == {"make_report": 1}
     rejected = read_tsv(night.work / "results/index/rejected.tsv")
     assert [(r["path"], r["reason"]) for r in rejected] == [(src.name, "truncated")]
     shutil.copy2(src, dst)  # the copy finished
@@ -148,7 +151,7 @@ def test_new_dark_exposure_reruns_its_master_and_the_lights_that_use_it(night):
 def test_stack_parameter_reruns_stacks_only(night, tmp_path):
     cfg = tmp_path / "stack.yaml"
     cfg.write_text(yaml.safe_dump({"stack": {"sigma_high": 2.5}}))
-    assert night.plan(cfg) == {"stack_group": 4, "make_preview": 4}
+    assert night.plan(cfg) == {"stack_group": 4, "make_preview": 4, "make_report": 1}
     night.extra.append(cfg)
     night.run()
 

@@ -53,6 +53,7 @@ def test_dry_run_plans_the_whole_night(run):
         "stack_raw_group": 4,
         "make_preview": 4,
         "collect_qc": 1,
+        "make_report": 1,
         "all": 1,
     }
 
@@ -246,6 +247,8 @@ def test_demo_command_reports_truth_recovery(tmp_path):
     assert len(ratios) >= 9  # bias, dark, 2 flats, calibrated frames, 4 stack noise gains
     assert all(0.7 < r < 1.5 for r in ratios), proc.stdout
     assert "Frames calibrated: 8" in proc.stdout
+    assert f"night report: {tmp_path / 'results/report/index.html'}" in proc.stdout
+    assert (tmp_path / "results/report/index.html").stat().st_size > 0
 
 
 def test_a_frame_that_cannot_be_aligned_is_excluded_and_the_run_goes_on(night, tmp_path):

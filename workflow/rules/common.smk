@@ -280,8 +280,25 @@ def final_outputs():
     stacks = [f"results/stacks/{g}.fits" for g in GROUPS]
     raw_stacks = [f"results/stacks/raw/{g}.fits" for g in GROUPS]
     previews = [f"results/qc/previews/{g}.png" for g in GROUPS]
-    qc = ["results/qc/frames.tsv"] if GROUPS else []
+    qc = ["results/qc/frames.tsv", "results/report/index.html"] if GROUPS else []
     return masters + frames + stacks + raw_stacks + previews + qc
+
+
+def report_inputs(wildcards):
+    """Input function of make_report: every product the night report shows."""
+    return {
+        "records": [f"results/records/{frame}.json" for frame in sorted(PLAN.lights)],
+        "selections": [f"results/selection/{g}.json" for g in GROUPS],
+        "stacks": [f"results/stacks/{g}.fits" for g in GROUPS],
+        "raw_stacks": [f"results/stacks/raw/{g}.fits" for g in GROUPS],
+        # one calibrated frame per group, shown with its cosmic-ray mask
+        "cosmics": [f"results/calibrated/{sorted(GROUPS[g])[0]}.fits" for g in GROUPS],
+        "masters": [m.path for m in PLAN.masters.values()],
+        "qc": "results/qc/frames.tsv",
+        "frames": "results/index/frames.tsv",
+        "rejected": "results/index/rejected.tsv",
+        "calibration": "results/index/calibration.tsv",
+    }
 
 
 def _cancel_rescheduling_timers():

@@ -49,7 +49,12 @@ rule make_preview:
         raw_stack="results/stacks/raw/{group}.fits",
         selection="results/selection/{group}.json",
     output:
-        png="results/qc/previews/{group}.png",
+        png=report(
+            "results/qc/previews/{group}.png",
+            caption="../report/preview.rst",
+            category="2. Stacks",
+            labels={"group": "{group}"},
+        ),
     log:
         "logs/make_preview/{group}.log",
     conda:
@@ -67,7 +72,11 @@ rule collect_qc:
         records=[f"results/records/{frame}.json" for frame in sorted(PLAN.lights)],
         selections=[f"results/selection/{group}.json" for group in GROUPS],
     output:
-        table="results/qc/frames.tsv",
+        table=report(
+            "results/qc/frames.tsv",
+            caption="../report/qc.rst",
+            category="3. Frame quality",
+        ),
     log:
         "logs/collect_qc/collect_qc.log",
     conda:
