@@ -172,7 +172,9 @@ def _astropy_header(path):
     from astropy.io import fits
 
     try:
-        with fits.open(path, memmap=False) as hdul:
+        # our own file object: astropy leaves its handle open when a broken structural
+        # card (e.g. a lost NAXIS1) makes fits.open raise
+        with open(path, "rb") as fh, fits.open(fh, memmap=False) as hdul:
             hdul.verify("silentfix+ignore")
             for index, hdu in enumerate(hdul):
                 if hdu.is_image and hdu.header.get("NAXIS", 0) == 2 and hdu.data is not None:
@@ -225,7 +227,10 @@ def read_frame(path, hdu=None, *, fast=False):
     from astropy.io import fits
 
     try:
-        with fits.open(path, memmap=False, do_not_scale_image_data=False) as hdul:
+        with (
+            open(path, "rb") as fh,  # closed even when fits.open raises (see quick_header)
+            fits.open(fh, memmap=False, do_not_scale_image_data=False) as hdul,
+        ):
             if hdu is None:
                 hdu = next(
                     (
