@@ -19,4 +19,5 @@ write_report(
     config=snakemake.params.config,
     version=snakemake.params.version,
     logs_dir=snakemake.params.logs_dir,
+    detector=snakemake.input.detector[0] if snakemake.input.detector else None,
 )

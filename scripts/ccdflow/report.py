@@ -192,6 +192,36 @@ def _detector_rows(records):
     return list(rows.values())
 
 
+def _measured_rows(measured):
+    """Per setup: gain and read noise measured from frame pairs, with uncertainties,
+    beside the header's, and the warnings."""
+    if not measured:
+        return []
+
+    def pm(value, err, digits=3):
+        return "" if value is None else f"{value:.{digits}f} ± {err or 0:.{digits}f}"
+
+    rows = []
+    for setup, e in measured.get("setups", {}).items():
+        header = e.get("header", {})
+        rows.append(
+            {
+                "setup": setup,
+                "gain": pm(e.get("gain"), e.get("gain_err")),
+                "gain_header": "" if header.get("gain") is None else f"{header['gain']:.4g}",
+                "read_noise": pm(e.get("read_noise_e"), e.get("read_noise_e_err")),
+                "read_noise_adu": pm(e.get("read_noise_adu"), e.get("read_noise_adu_err")),
+                "read_noise_header": ""
+                if header.get("read_noise") is None
+                else f"{header['read_noise']:.4g}",
+                "pairs": f"{e.get('n_bias_pairs', 0)} bias, {e.get('n_flat_pairs', 0)} flat",
+                "method": e.get("method", ""),
+                "warnings": "; ".join(e.get("warnings", [])),
+            }
+        )
+    return rows
+
+
 def _stack_picture(group, stack, raw_stack, selection):
     fig = _figure(8.4, 3.4)
     ncombine = 0
@@ -388,6 +418,7 @@ def write_report(
     version,
     cosmics=(),
     logs_dir=None,
+    detector=None,
 ):
     """Write the night report ``output`` (HTML) from a run's products.
 
@@ -415,6 +446,9 @@ def write_report(
         Pipeline version.
     logs_dir : path-like or None
         Folder of the rules' logs (``logs/``): every ``*.log`` under it is linked.
+    detector : path-like or None
+        ``results/qc/detector.json`` (gain and read noise measured from frame pairs per
+        setup, with uncertainties, beside the header's), when the night has biases.
     """
     import jinja2
     import yaml
@@ -460,6 +494,7 @@ def write_report(
             for s, st, raw in zip(selections, stacks, raw_stacks, strict=True)
         ],
         "detector": _detector_rows(records),
+        "measured": _measured_rows(_read_json(detector) if detector else None),
         "cosmics": [
             _cosmics_picture(s["group"], p) for s, p in zip(selections, cosmics, strict=True)
         ],

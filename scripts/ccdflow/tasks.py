@@ -11,6 +11,7 @@ functions that need them.
 __all__ = [
     "load_master",
     "make_master_file",
+    "measure_detector_file",
     "preview_file",
     "qc_table",
     "raw_stack_file",
@@ -300,3 +301,87 @@ def qc_table(records, selections, output):
     for r in bad:
         log.warning("%s excluded: %s %s", r["frame"], r["reason"], r["detail"])
     log.info("%d frames, %d excluded", len(rows), len(bad))
+
+
+def _pairs_by_level(frames, tolerance=0.1):
+    """Consecutive pairs of frames (already read: (path, data)) whose median levels agree
+    within ``tolerance`` (relative), after sorting by level: pairs of one flat level."""
+    levels = sorted(((float(np.median(d[::4, ::4])), p, d) for p, d in frames), key=lambda t: t[0])
+    pairs, i = [], 0
+    while i + 1 < len(levels):
+        (l1, _, a), (l2, _, b) = levels[i], levels[i + 1]
+        if l1 > 0 and abs(l2 - l1) <= tolerance * l1:
+            pairs.append((a, b))
+            i += 2
+        else:
+            i += 1
+    return pairs
+
+
+def measure_detector_file(setups, output):
+    """Gain and read noise of each detector setup from pairs of raw frames, beside the
+    header's values: ``results/qc/detector.json`` and a table in the log.
+
+    Parameters
+    ----------
+    setups : dict
+        ``{setup: {'bias': [[path, hdu], ...], 'flats': {filter: [[path, hdu], ...]},
+        'header': {'gain': e-/ADU or None, 'read_noise': e- or None, 'sources': {...}}}}``:
+        raw biases (at least two for a measurement), raw flats per filter (pairs of equal
+        level give the gain; several levels a photon-transfer fit), and the values the
+        frames' headers (or the configuration) give.
+    output : path-like
+        The JSON file: per setup the `ccdflow.detector.DetectorMeasurement` fields with
+        their units, the header values, their ratios, and the warnings.
+    """
+    from ccdflow import detector
+    from ccdflow.framejob import write_json
+
+    out = {"units": dict(detector.UNITS), "setups": {}}
+    for setup, spec in sorted(setups.items()):
+        biases = [io.read_frame(p, h, fast=True)[0] for p, h in spec["bias"]]
+        bias_pairs = list(zip(biases[0::2], biases[1::2], strict=False))
+        flat_pairs = []
+        for _filter, frames in sorted(spec.get("flats", {}).items()):
+            read = [(p, io.read_frame(p, h, fast=True)[0]) for p, h in frames]
+            flat_pairs += _pairs_by_level(read)
+        entry = {"n_bias": len(biases), "header": spec.get("header", {}), "warnings": []}
+        if not bias_pairs:
+            entry["warnings"].append("fewer than two bias frames: nothing measured")
+            out["setups"][setup] = entry
+            continue
+        m = detector.measure_detector(bias_pairs, flat_pairs)
+        entry |= m.as_dict()
+        header = spec.get("header", {})
+        gain_h, rn_h = header.get("gain"), header.get("read_noise")
+        entry["gain_ratio"] = (m.gain / gain_h) if gain_h and np.isfinite(m.gain) else None
+        rn_e = m.read_noise_e if np.isfinite(m.read_noise_e) else None
+        entry["read_noise_ratio"] = (rn_e / rn_h) if rn_h and rn_e else None
+        for name, measured, value, unit in (
+            ("gain", m.gain, gain_h, "e-/ADU"),
+            ("read noise", rn_e, rn_h, "e-"),
+        ):
+            warning = detector.compare_with_header(name, measured, value, unit=unit)
+            if warning:
+                entry["warnings"].append(warning)
+                log.warning("setup %s: %s", setup, warning)
+        out["setups"][setup] = entry
+        log.info(
+            "setup %s: gain %s e-/ADU (header %s), read noise %s e- = %s ADU (header %s e-);"
+            " %d bias pairs, %d flat pairs (%s)",
+            setup,
+            _pm(m.gain, m.gain_err),
+            gain_h,
+            _pm(m.read_noise_e, m.read_noise_e_err),
+            _pm(m.read_noise_adu, m.read_noise_adu_err),
+            rn_h,
+            m.n_bias_pairs,
+            m.n_flat_pairs,
+            m.method,
+        )
+    write_json(output, out)
+    return out
+
+
+def _pm(value, err):
+    return "n/a" if not np.isfinite(value) else f"{value:.3f} +- {err:.3f}"

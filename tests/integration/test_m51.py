@@ -145,3 +145,18 @@ def test_calibrated_frames_match_independent_reduction(m51_run, m51_dir):
             assert 0 < cosmic.mean() < 0.01
             np.testing.assert_allclose(data[~cosmic], ref[~cosmic], rtol=2e-6, atol=5e-3)
             assert np.mean(data[cosmic] < ref[cosmic]) > 0.9  # cleaned hits are lower
+
+
+def test_detector_measured_from_pairs_beside_the_header(m51_run):
+    # The lecture's photon transfer on this night gives about 1.3 e-/ADU against the
+    # header's EGAIN = 2.4: detector.json reports both and warns.
+    import json
+
+    setups = json.loads((m51_run / "results/qc/detector.json").read_text())["setups"]
+    (entry,) = setups.values()
+    assert entry["header"]["gain"] == pytest.approx(2.4)
+    assert 1.2 < entry["gain"] < 1.45 and 0 < entry["gain_err"] < 0.05
+    assert entry["n_bias_pairs"] == 1 and entry["n_flat_pairs"] == 1
+    assert 10 < entry["read_noise_adu"] < 15  # ADU, from the bias pair
+    assert entry["read_noise_e"] == pytest.approx(entry["read_noise_adu"] * entry["gain"])
+    assert any("gain" in w and "2.4" in w for w in entry["warnings"])

@@ -133,7 +133,8 @@ def test_half_copied_frame_is_skipped_then_picked_up_when_complete(night):
 def test_new_flat_reruns_that_filter_only(night):
     night.add(LATER[1])
     # master flat R; the 5 R lights (2 at 120 s, 3 at 60 s); the 2 R stacks
-    assert night.plan() == jobs(frames=5, groups=2, make_master_flat=1)
+    # and the detector measurement (its flat pairs)
+    assert night.plan() == jobs(frames=5, groups=2, make_master_flat=1, measure_detector=1)
     night.run()
 
 
@@ -198,7 +199,12 @@ def test_new_bias_reruns_everything_downstream(night):
     night.add(LATER[2])
     n_lights = len(list(night.raw.glob("light_*.fits")))
     assert night.plan() == jobs(
-        frames=n_lights, groups=4, make_master_bias=1, make_master_dark=3, make_master_flat=2
+        frames=n_lights,
+        groups=4,
+        make_master_bias=1,
+        make_master_dark=3,
+        make_master_flat=2,
+        measure_detector=1,
     )
     night.run()
     assert night.plan() == {}
@@ -239,5 +245,10 @@ def test_library_version_change_reruns_what_it_affects(night, tmp_path):
     planned = {k: v for k, v in planned_jobs(proc.stdout).items() if k != "all"}
     n_lights = len(list(night.raw.glob("light_*.fits")))
     assert planned == jobs(
-        frames=n_lights, groups=4, make_master_bias=1, make_master_dark=3, make_master_flat=2
+        frames=n_lights,
+        groups=4,
+        make_master_bias=1,
+        make_master_dark=3,
+        make_master_flat=2,
+        measure_detector=1,
     )

@@ -54,6 +54,7 @@ def test_dry_run_plans_the_whole_night(run):
         "make_preview": 4,
         "collect_qc": 1,
         "make_report": 1,
+        "measure_detector": 1,
         "all": 1,
     }
 

@@ -273,6 +273,31 @@ def group_fingerprints(wildcards):
     return [PLAN.lights[f]["record"]["fingerprint"] for f in _members(wildcards)]
 
 
+def detector_setups(wildcards=None):
+    """Per detector setup, the raw biases and flats (per filter) of this run's masters and
+    the gain and read noise the headers (or config) give: what measure_detector needs."""
+    setups = {}
+    for spec in PLAN.masters.values():
+        if spec.kind not in ("bias", "flat"):
+            continue
+        entry = setups.setdefault(spec.setup, {"bias": [], "flats": {}})
+        frames = [[str(RAW_DIR / f["path"]), f["hdu"]] for f in spec.frames]
+        if spec.kind == "bias":
+            entry["bias"] = frames
+            values = ccd_plan.detector(spec.frames[0], config["detector"])
+            entry["header"] = {k: values[k] for k in ("gain", "read_noise")}
+        else:
+            entry["flats"][spec.filter] = frames
+    return {s: e for s, e in setups.items() if len(e["bias"]) >= 2}
+
+
+def detector_inputs(wildcards):
+    setups = detector_setups()
+    paths = [p for e in setups.values() for p, _ in e["bias"]]
+    paths += [p for e in setups.values() for fr in e["flats"].values() for p, _ in fr]
+    return _raw_inputs(paths)
+
+
 def final_outputs():
     """Every product of a full run."""
     masters = [m.path for m in PLAN.masters.values()]
@@ -281,7 +306,8 @@ def final_outputs():
     raw_stacks = [f"results/stacks/raw/{g}.fits" for g in GROUPS]
     previews = [f"results/qc/previews/{g}.png" for g in GROUPS]
     qc = ["results/qc/frames.tsv", "results/report/index.html"] if GROUPS else []
-    return masters + frames + stacks + raw_stacks + previews + qc
+    detector = ["results/qc/detector.json"] if detector_setups() else []
+    return masters + frames + stacks + raw_stacks + previews + qc + detector
 
 
 def report_inputs(wildcards):
@@ -298,6 +324,7 @@ def report_inputs(wildcards):
         "frames": "results/index/frames.tsv",
         "rejected": "results/index/rejected.tsv",
         "calibration": "results/index/calibration.tsv",
+        "detector": ["results/qc/detector.json"] if detector_setups() else [],
     }
 
 

@@ -63,3 +63,23 @@ rule make_master_flat:
         version=VERSION,
     script:
         "../../scripts/make_master_flat.py"
+
+
+# Gain and read noise measured from pairs of the raw biases and flats, per setup, beside
+# the headers' values (the lecture's photon transfer; ccdflow.detector).
+rule measure_detector:
+    input:
+        raw=detector_inputs,
+    output:
+        detector="results/qc/detector.json",
+    log:
+        "logs/measure_detector/detector.log",
+    conda:
+        "../../envs/ccdflow.yaml"
+    resources:
+        mem_mb=2000,
+    params:
+        setups=detector_setups,
+        version=VERSION,
+    script:
+        "../../scripts/measure_detector.py"
