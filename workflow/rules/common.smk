@@ -18,7 +18,12 @@ from ccdflow import plan as ccd_plan
 from ccdflow import sections as ccd_sections
 from ccdflow import select as ccd_select
 from ccdflow import workdir as ccd_workdir
+from ccdflow.config import ConfigError, check as check_config
 
+try:  # one line naming the key, before Snakemake's validate (which fills defaults)
+    check_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 validate(config, schema="../schemas/config.schema.yaml")
 
 VERSION = ccdflow.__version__
