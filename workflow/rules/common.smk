@@ -213,6 +213,7 @@ def frame_calibration(wildcards):
         "candidates": ccd_plan.candidates_text(row, informative_only=True),
         **ccd_plan.detector(record, config["detector"]),
         "detector_sources": ccd_plan.detector_sources(record, config["detector"]),
+        "read_noise_max_ratio": config["detector"]["read_noise_max_ratio"],
         "pixel_scale": config["detector"]["pixel_scale"],
     }
 
