@@ -287,6 +287,7 @@ def final_outputs():
     raw_stacks = [f"results/stacks/raw/{g}.fits" for g in GROUPS]
     previews = [f"results/qc/previews/{g}.png" for g in GROUPS]
     qc = ["results/qc/frames.tsv"] if GROUPS else []
+    qc += ["results/qc/calibration.tsv"] if PLAN.masters else []
     return masters + frames + stacks + raw_stacks + previews + qc
 
 
