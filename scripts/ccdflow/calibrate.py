@@ -55,6 +55,9 @@ class Master:
 class MasterError(ValueError):
     """No input frame of a master passed its gates; the message names each and why."""
 
+    #: bad input, not a bug: a job stops with the message only (`ccdflow.tasks.setup_logging`)
+    user_error = True
+
 
 def central_region(shape, fraction=0.5):
     """Slices of the central ``fraction`` of each axis (flat normalisation region)."""

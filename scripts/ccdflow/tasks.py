@@ -47,6 +47,11 @@ def setup_logging(path):
     logging.captureWarnings(True)
 
     def excepthook(kind, value, tb):
+        if getattr(value, "user_error", False):
+            # bad input, not a bug: the message names the files and why, no traceback
+            log.error("%s", value)
+            print(f"ccdflow: {value}", file=sys.stderr)
+            return
         # the job's traceback also goes to its log file, where Snakemake points the user
         log.error("job failed", exc_info=(kind, value, tb))
         sys.__excepthook__(kind, value, tb)

@@ -121,3 +121,22 @@ def test_gate_defaults_are_the_config_defaults():
     for key, gate in gates.items():
         assert config[key] == props[key]["default"] == gate.threshold, key
         assert gate.reason in props[key]["description"], key
+
+
+def test_a_master_without_frames_stops_its_job_with_the_message_only(night, tmp_path):
+    # a user error, not a bug: the job's stderr and log hold the message, no traceback
+    import subprocess
+    import sys
+
+    bad = write_bad_flats(night["truth"], night["out"] / "bad")
+    log = tmp_path / "job.log"
+    code = (
+        "from ccdflow.tasks import make_master_file, setup_logging\n"
+        f"setup_logging({str(log)!r})\n"
+        f"make_master_file('flat', [({str(bad['zero'])!r}, 0)], {str(tmp_path / 'f.fits')!r},"
+        " {'method': 'median'})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"{bad['zero'].name}: no_signal" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in log.read_text()
