@@ -218,7 +218,7 @@ def _mad_of_counts(counts, lo, size):
 #:   are kept; at a tenth of the level a flat brings sqrt(10) times the noise of the
 #:   others, and a still fainter one is no flat at all.
 #: * ``wrong_pattern``: a flat whose normalised large-scale pattern (medians of 16 x 16
-#:   cells) differs from the median pattern of the master's good flats by more than 1 %
+#:   cells) differs from the median pattern of the master's other good flats by > 1 %
 #:   rms: another filter (other dust shadows and vignetting), a light leak, a cloud in a
 #:   sky flat; it would put a 1 % error into the photometry. Good flats of one filter
 #:   agree to ~0.2 % (cell noise); a twilight gradient changing by 3 % across the field
@@ -285,7 +285,8 @@ def gate_calibration_frames(measures, kind, thresholds=None, names=None):
     -------
     list of dict
         Per frame: ``frame``, the metrics (``pattern_rms``: rms of the frame's pattern /
-        the median pattern of the frames that pass the other gates - 1), and the decision
+        the median pattern of the other flats that pass the other gates - 1; None
+        without such flats), and the decision
         of `ccdflow.metrics.gate_group` (``status``, ``reason``, ``value``, ``threshold``,
         ``detail``).
     """
@@ -295,18 +296,24 @@ def gate_calibration_frames(measures, kind, thresholds=None, names=None):
     limits = gate_thresholds(thresholds or {}, gates)
     rows = [{k: v for k, v in m.items() if k != "pattern"} for m in measures]
     if kind == "flat":
-        # the reference pattern: median of the flats that pass the other gates
+        # each flat's reference: the median pattern of the *other* flats that pass the
+        # other gates (a frame is never compared with itself)
         others = [g for g in gates if g.metric != "pattern_rms"]
         first = metrics.gate_group(
             rows, {g.reason: limits[g.reason] for g in others if g.key}, others
         )
-        good = [m["pattern"] for m, d in zip(measures, first, strict=True) if d["status"] == "ok"]
-        good = [p for p in good if p is not None]
-        reference = np.nanmedian(np.stack(good), axis=0) if good else None
-        for row, m in zip(rows, measures, strict=True):
+        good = [
+            i
+            for i, (m, d) in enumerate(zip(measures, first, strict=True))
+            if d["status"] == "ok" and m["pattern"] is not None
+        ]
+        for i, (row, m) in enumerate(zip(rows, measures, strict=True)):
             row["pattern_rms"] = None
-            if reference is not None and m["pattern"] is not None:
-                with np.errstate(invalid="ignore", divide="ignore"):
+            rest = [measures[j]["pattern"] for j in good if j != i]
+            if rest and m["pattern"] is not None:
+                with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    reference = np.nanmedian(np.stack(rest), axis=0)
                     rms = float(np.sqrt(np.nanmean((m["pattern"] / reference - 1) ** 2)))
                 row["pattern_rms"] = rms if np.isfinite(rms) else None
     decisions = metrics.gate_group(rows, limits, gates)
