@@ -254,7 +254,7 @@ def _frame_measures(reader, kind, bias, dark, scale, saturation):
     level = float(np.nanmedian(centre)) if np.isfinite(centre).any() else 0.0
     out = {
         "level": level,
-        "noise": _single_frame_noise(values[ys, xs], ~(bad | sat)[ys, xs]),
+        "noise": _pixel_noise(values[ys, xs], ~(bad | sat)[ys, xs]),
         "saturated_fraction": float(np.count_nonzero(sat)) / sat.size,
         "pattern": None,
     }
@@ -265,6 +265,28 @@ def _frame_measures(reader, kind, bias, dark, scale, saturation):
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN cell
             out["pattern"] = np.nanmedian(cells, axis=(1, 3)) / level
     return out
+
+
+def _pixel_noise(image, valid):
+    """Pixel noise for the ``noisy`` gate: std of neighbour differences within 5 robust
+    sigma of their median, / sqrt(2), the smaller along rows and columns.
+
+    Unlike the median absolute deviation of integer differences (a raw bias), this is not
+    quantised to steps of ~1 ADU, which a ratio of 2 between frames would trip over.
+    """
+    spreads = []
+    for a, b, ok in (
+        (image[:, 1:], image[:, :-1], valid[:, 1:] & valid[:, :-1]),
+        (image[1:], image[:-1], valid[1:] & valid[:-1]),
+    ):
+        diff = (a - b)[ok].astype(np.float64)
+        if diff.size < 2:
+            continue
+        centre = np.median(diff)
+        spread = max(1.482602218505602 * _mad(diff), 1.0)
+        kept = diff[np.abs(diff - centre) < 5 * spread]
+        spreads.append(float(np.std(kept)) / np.sqrt(2))
+    return min(spreads) if spreads else 0.0
 
 
 def gate_calibration_frames(measures, kind, thresholds=None, names=None):
