@@ -140,7 +140,9 @@ def make_master_file(
     if record:
         from ccdflow.framejob import write_json
 
-        write_json(record, {"master": Path(output).stem, "kind": kind, "frames": master.frames})
+        units = {"level": "adu", "noise": "adu", "saturated_fraction": "", "pattern_rms": ""}
+        content = {"master": Path(output).stem, "kind": kind, "units": units}
+        write_json(record, content | {"frames": master.frames})
     log.info(
         "done in %.2f s: median %.4g, %s",
         time.perf_counter() - t0,
