@@ -285,7 +285,7 @@ def _pixel_noise(image, valid):
         centre = np.median(diff)
         spread = max(1.482602218505602 * _mad(diff), 1.0)
         kept = diff[np.abs(diff - centre) < 5 * spread]
-        spreads.append(float(np.std(kept)) / np.sqrt(2))
+        spreads.append(float(np.std(kept) / np.sqrt(2)))
     return min(spreads) if spreads else 0.0
 
 
