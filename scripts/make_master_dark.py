@@ -7,6 +7,8 @@ make_master_file(
     "dark",
     frames=snakemake.params.frames,
     output=snakemake.output.master,
+    record=snakemake.output.record,
+    gates=snakemake.params.gates,
     combine=snakemake.params.combine,
     bias=snakemake.input.get("bias"),
     dark=snakemake.input.get("dark"),

@@ -110,3 +110,45 @@ def m51_dir():
     if not M51.is_dir():
         pytest.skip(f"real data not found at {M51} (../shared/data beside the repository)")
     return M51
+
+
+#: The bad flats of issue 14, by the reason each must be left out of its master with.
+BAD_FLATS = {
+    "zero": "no_signal",
+    "saturated": "saturated",
+    "faint": "faint",
+    "otherfilter": "wrong_pattern",
+}
+
+
+def write_bad_flats(truth, directory, filter_name="V", other="R"):
+    """Write one bad flat of each kind of `BAD_FLATS` (headers of a good ``filter_name``
+    flat) into ``directory``: all zero; 10 % of the pixels saturated; 200 times too faint;
+    the data of an ``other`` filter's flat. Returns ``{kind: path}``."""
+    import numpy as np
+    from astropy.io import fits
+
+    raw = Path(truth["raw_dir"])
+    flats = [f for f in truth["frames"] if f["type"] == "flat"]
+    good = next(f for f in flats if f["filter"] == filter_name)
+    wrong = next(f for f in flats if f["filter"] == other)
+    header = fits.getheader(raw / good["file"])
+    data = fits.getdata(raw / good["file"]).astype(np.float64)
+    saturation = truth["spec"]["saturation"]
+    saturated = data.copy()
+    saturated[np.random.default_rng(1).random(data.shape) < 0.1] = saturation
+    other_data = fits.getdata(raw / wrong["file"]).astype(np.float64)
+    other_data[0, 0] += 1  # not a byte copy of the other flat (that is a duplicate)
+    frames = {
+        "zero": np.zeros_like(data),
+        "saturated": saturated,
+        "faint": np.rint((data - truth["bias"]) / 200 + truth["bias"]),
+        "otherfilter": other_data,
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for kind, values in frames.items():
+        out[kind] = directory / f"flat_{filter_name}_bad_{kind}.fits"
+        fits.writeto(out[kind], values.astype(np.uint16), header, overwrite=True)
+    return out

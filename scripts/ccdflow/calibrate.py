@@ -15,7 +15,9 @@ Arithmetic (DESIGN §5):
 """
 
 __all__ = [
+    "CALIBRATION_GATES",
     "Master",
+    "MasterError",
     "calibrate_frame",
     "central_region",
     "make_master",
@@ -23,11 +25,14 @@ __all__ = [
     "read_noise_adu",
 ]
 
-from dataclasses import dataclass
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from ccdflow import bits, provenance
+from ccdflow import bits, metrics, provenance
 from ccdflow.combine import band_rows, combine_stack
 from ccdflow.sections import resolve_sections
 
@@ -42,6 +47,16 @@ class Master:
     header: object  # astropy.io.fits.Header
     name: str = ""
     exptime: float = 0.0
+    #: per input frame, in input order: its metrics and the gates' decision
+    #: (`gate_calibration_frames`); empty for a master read from a file
+    frames: list = field(default_factory=list)
+
+
+class MasterError(ValueError):
+    """No input frame of a master passed its gates; the message names each and why."""
+
+    #: bad input, not a bug: a job stops with the message only (`ccdflow.tasks.setup_logging`)
+    user_error = True
 
 
 def central_region(shape, fraction=0.5):
@@ -187,6 +202,154 @@ def _mad_of_counts(counts, lo, size):
     return median(order, deviation, counts[order])
 
 
+#: Gates of each calibration frame against the other frames of its master, by master
+#: kind (rules as data: `ccdflow.metrics.Gate`, decided by `ccdflow.metrics.gate_group`;
+#: the key is that of ``calibration.gates``, whose defaults are these thresholds). In
+#: table order, the first failing gate is the reason. Why each default:
+#:
+#: * ``no_signal``: a flat whose central median (bias and dark subtracted) is not
+#:   positive holds no light (an all-zero file, a closed shutter); not configurable.
+#: * ``saturated``: more than 1 % of the pixels at the saturation level. A bias, dark or
+#:   flat has no stars: hot pixels are ~0.1 %, so 1 % is an overexposed flat (twilight
+#:   too bright) or a mislabelled light, whose saturated pixels the combine would miss
+#:   in its normalisation.
+#: * ``faint``: a flat with less than 0.1 x the median level of the other flats (e.g. a
+#:   shutter failure or the lamp off). Twilight series span a factor of 2-5 in level and
+#:   are kept; at a tenth of the level a flat brings sqrt(10) times the noise of the
+#:   others, and a still fainter one is no flat at all.
+#: * ``wrong_pattern``: a flat whose normalised large-scale pattern (medians of 16 x 16
+#:   cells) differs from the median pattern of the master's other good flats by > 1 %
+#:   rms: another filter (other dust shadows and vignetting), a light leak, a cloud in a
+#:   sky flat; it would put a 1 % error into the photometry. Good flats of one filter
+#:   agree to ~0.2 % (cell noise); a twilight gradient changing by 3 % across the field
+#:   between flats is still under 1 % rms.
+#: * ``noisy``: a bias or dark whose pixel noise (neighbour differences) is more than 2 x
+#:   the median of the others: a readout fault, a light leak, a mislabelled light.
+CALIBRATION_GATES = {
+    "bias": (
+        metrics.Gate("saturated", "saturated_fraction", "above", 0.01, "max_saturated_fraction"),
+        metrics.Gate("noisy", "noise", "above_median", 2.0, "max_noise_ratio"),
+    ),
+    "flat": (
+        metrics.Gate("no_signal", "level", "at_most", 0.0),
+        metrics.Gate("saturated", "saturated_fraction", "above", 0.01, "max_saturated_fraction"),
+        metrics.Gate("faint", "level", "below_median", 0.1, "min_flat_level_ratio"),
+        metrics.Gate("wrong_pattern", "pattern_rms", "above", 0.01, "max_flat_pattern_rms"),
+    ),
+}
+CALIBRATION_GATES["dark"] = CALIBRATION_GATES["bias"]
+
+_PATTERN_CELLS = 16
+
+
+def _frame_measures(reader, kind, bias, dark, scale, saturation):
+    """Level (central median, bias/dark subtracted), pixel noise, saturated fraction and,
+    for flats, the cell pattern (medians of cells / level) of one input frame."""
+    ny, nx = reader.shape
+    raw, bad, sat = reader.rows(0, ny, saturation)
+    values = _subtract(raw, bias, dark, scale, 0, ny)
+    ys, xs = central_region((ny, nx))
+    centre = values[ys, xs]
+    # no finite value at all: no signal (level 0), which no flat passes
+    level = float(np.nanmedian(centre)) if np.isfinite(centre).any() else 0.0
+    out = {
+        "level": level,
+        "noise": _pixel_noise(values[ys, xs], ~(bad | sat)[ys, xs]),
+        "saturated_fraction": float(np.count_nonzero(sat)) / sat.size,
+        "pattern": None,
+    }
+    if kind == "flat" and level is not None and level > 0:
+        cy, cx = max(1, ny // _PATTERN_CELLS), max(1, nx // _PATTERN_CELLS)
+        cells = values[: ny // cy * cy, : nx // cx * cx].reshape(ny // cy, cy, nx // cx, cx)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN cell
+            out["pattern"] = np.nanmedian(cells, axis=(1, 3)) / level
+    return out
+
+
+def _pixel_noise(image, valid):
+    """Pixel noise for the ``noisy`` gate: std of neighbour differences within 5 robust
+    sigma of their median, / sqrt(2), the smaller along rows and columns.
+
+    Unlike the median absolute deviation of integer differences (a raw bias), this is not
+    quantised to steps of ~1 ADU, which a ratio of 2 between frames would trip over.
+    """
+    spreads = []
+    for a, b, ok in (
+        (image[:, 1:], image[:, :-1], valid[:, 1:] & valid[:, :-1]),
+        (image[1:], image[:-1], valid[1:] & valid[:-1]),
+    ):
+        diff = (a - b)[ok].astype(np.float64)
+        if diff.size < 2:
+            continue
+        centre = np.median(diff)
+        spread = max(1.482602218505602 * _mad(diff), 1.0)
+        kept = diff[np.abs(diff - centre) < 5 * spread]
+        spreads.append(float(np.std(kept) / np.sqrt(2)))
+    return min(spreads) if spreads else 0.0
+
+
+def gate_calibration_frames(measures, kind, thresholds=None, names=None):
+    """Decide which input frames of a master are combined.
+
+    Parameters
+    ----------
+    measures : list of dict
+        Per frame: ``level``, ``noise``, ``saturated_fraction`` and (flats) ``pattern``,
+        the normalised cell medians (:func:`_frame_measures`).
+    kind : {'bias', 'dark', 'flat'}
+    thresholds : dict, optional
+        The ``calibration.gates`` configuration (key -> threshold, None: gate off).
+    names : list of str, optional
+        Frame names for the rows.
+
+    Returns
+    -------
+    list of dict
+        Per frame: ``frame``, the metrics (``pattern_rms``: rms of the frame's pattern /
+        the median pattern of the other flats that pass the other gates - 1; None
+        without such flats), and the decision
+        of `ccdflow.metrics.gate_group` (``status``, ``reason``, ``value``, ``threshold``,
+        ``detail``).
+    """
+    from ccdflow.select import gate_thresholds
+
+    gates = CALIBRATION_GATES[kind]
+    limits = gate_thresholds(thresholds or {}, gates)
+    rows = [{k: v for k, v in m.items() if k != "pattern"} for m in measures]
+    if kind == "flat":
+        # each flat's reference: the median pattern of the *other* flats that pass the
+        # other gates (a frame is never compared with itself)
+        others = [g for g in gates if g.metric != "pattern_rms"]
+        first = metrics.gate_group(
+            rows, {g.reason: limits[g.reason] for g in others if g.key}, others
+        )
+        good = [
+            i
+            for i, (m, d) in enumerate(zip(measures, first, strict=True))
+            if d["status"] == "ok" and m["pattern"] is not None
+        ]
+        for i, (row, m) in enumerate(zip(rows, measures, strict=True)):
+            row["pattern_rms"] = None
+            rest = [measures[j]["pattern"] for j in good if j != i]
+            if rest and m["pattern"] is not None:
+                with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    reference = np.nanmedian(np.stack(rest), axis=0)
+                    rms = float(np.sqrt(np.nanmean((m["pattern"] / reference - 1) ** 2)))
+                row["pattern_rms"] = rms if np.isfinite(rms) else None
+    decisions = metrics.gate_group(rows, limits, gates)
+    names = names or [str(i) for i in range(len(rows))]
+    return [
+        {
+            "frame": name,
+            **row,
+            **{k: d[k] for k in ("status", "reason", "value", "threshold", "detail")},
+        }
+        for name, row, d in zip(names, rows, decisions, strict=True)
+    ]
+
+
 def make_master(
     frames,
     kind,
@@ -198,8 +361,9 @@ def make_master(
     mem_limit_mb=2000,
     flat_floor=0.1,
     overscan=None,
+    gates=None,
 ):
-    """Make a master bias, dark or flat.
+    """Make a master bias, dark or flat from the input frames that pass their gates.
 
     Parameters
     ----------
@@ -222,23 +386,44 @@ def make_master(
     overscan : dict, optional
         ``biassec``, ``trimsec`` (keywords or literal sections), ``method``, ``order``:
         every input gets its per-row overscan level subtracted and is trimmed first.
+    gates : dict, optional
+        The ``calibration.gates`` thresholds (`CALIBRATION_GATES`; a key left out takes
+        the gate's default, None switches a gate off). A frame that fails one is left out
+        of the master, with its reason and measured value in ``Master.frames``.
 
     Returns
     -------
     Master
         Data in ADU (flats: dimensionless, central median 1); the header carries the
         provenance (inputs, method, masters used).
+
+    Raises
+    ------
+    MasterError
+        When no input frame passes the gates (the message names each and why).
     """
     if kind not in ("bias", "dark", "flat"):
         raise ValueError(f"unknown master kind {kind!r}")
     readers = _open_all(frames, overscan)
     try:
+        scales = np.ones(len(frames)) if dark_scales is None else np.asarray(dark_scales, float)
+        measures = [
+            _frame_measures(r, kind, bias, dark, scales[i], saturation)
+            for i, r in enumerate(readers)
+        ]
+        qc = gate_calibration_frames(measures, kind, gates, [Path(str(p)).name for p, _ in frames])
+        keep = [i for i, row in enumerate(qc) if row["status"] == "ok"]
+        _report_exclusions(kind, qc, keep)
+        for i in sorted(set(range(len(readers))) - set(keep)):
+            readers[i].close()
+        readers = [readers[i] for i in keep]
+        frames = [frames[i] for i in keep]
+        scales = scales[keep]
         ny, nx = readers[0].shape
         n = len(readers)
-        scales = np.ones(n) if dark_scales is None else np.asarray(dark_scales, float)
         norm = np.ones(n, dtype=np.float64)
         if kind == "flat":
-            norm = _flat_levels(readers, bias, dark, scales)
+            norm = np.asarray([measures[i]["level"] for i in keep])
         step = band_rows(n, nx, ny, mem_limit_mb)
         data = np.empty((ny, nx), np.float32)
         unc = np.empty((ny, nx), np.float32)
@@ -286,8 +471,6 @@ def make_master(
         single = _single_frame_noise(data, nused > 0)
         unc[nused > 0] = single
         header_note = f"one input frame: uncertainty = its measured pixel noise {single:.4g}"
-        import logging
-
         logging.getLogger("ccdflow").warning(
             "master %s from a single frame (%s): its noise is not averaged down; "
             "uncertainty set to the frame's measured pixel noise %.4g (data unit)",
@@ -324,7 +507,24 @@ def make_master(
     if kind == "flat":
         provenance.add_step(header, "SCALEMTH", "median of central region, per frame")
         data, mask = _normalise_flat(data, unc, mask, nused, flat_floor, header)
-    return Master(data=data, uncertainty=unc, mask=mask, header=header, exptime=exptime)
+    return Master(data=data, uncertainty=unc, mask=mask, header=header, exptime=exptime, frames=qc)
+
+
+def _report_exclusions(kind, qc, keep):
+    log = logging.getLogger("ccdflow")
+    bad = [row for row in qc if row["status"] != "ok"]
+    for row in bad:
+        log.warning(
+            "master %s: %s left out: %s (%s)", kind, row["frame"], row["reason"], row["detail"]
+        )
+    if not keep:
+        why = "; ".join(f"{row['frame']}: {row['reason']} ({row['detail']})" for row in bad)
+        raise MasterError(
+            f"no master {kind}: every input frame failed its gates ({why}); check these "
+            "files, or the calibration.gates thresholds"
+        )
+    if bad:
+        log.warning("master %s made from %d of its %d frames", kind, len(keep), len(qc))
 
 
 def _record_overscan(header, overscan, readers):
@@ -369,8 +569,6 @@ def prepare_raw(raw, overscan, saturation=None, path=""):
     biassec, trimsec = resolve_sections(header, data.shape, overscan, path)
     lit, detail = signal_in_overscan(data, biassec)
     if lit:
-        import logging
-
         logging.getLogger("ccdflow").warning("%s: signal in the overscan: %s", path, detail)
         provenance.add_step(header, "OVSCWARN", "signal in overscan: " + detail[:40])
     out, levels = subtract_overscan(
@@ -394,22 +592,6 @@ def _subtract(raw, bias, dark, scale, y0, y1, out=None):
     if dark is not None and scale != 0:
         out -= np.float32(scale) * dark.data[y0:y1]
     return out
-
-
-def _flat_levels(readers, bias, dark, scales):
-    """Median of the central region of each bias/dark-subtracted flat (rows read once more
-    only for the central half of the frame)."""
-    ys, xs = central_region(readers[0].shape)
-    levels = []
-    for i, r in enumerate(readers):
-        centre = _subtract(r.rows(ys.start, ys.stop)[0], bias, dark, scales[i], ys.start, ys.stop)
-        level = float(np.nanmedian(centre[:, xs]))
-        if not level > 0:
-            from ccdflow.io import FrameError
-
-            raise FrameError(r.path, "bad_flat", f"central median {level:.3g} is not positive")
-        levels.append(level)
-    return np.asarray(levels)
 
 
 def _normalise_flat(data, unc, mask, nused, floor, header):

@@ -69,7 +69,10 @@ def _inspect(args):
 
     try:
         cfg = ccd_config.load(args.configfile, {"raw_dir": str(args.raw_dir)})
-    except Exception as exc:  # a schema error: say which key, no traceback
+    except ccd_config.ConfigError as exc:  # one line: the key, value and what is expected
+        print(exc, file=sys.stderr)
+        return 2
+    except Exception as exc:  # an unreadable config file: say which, no traceback
         print(f"configuration error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     if not Path(args.raw_dir).is_dir():

@@ -29,7 +29,7 @@ stars, no match to the reference) is not an error: the record says ``rejected`` 
 reason code, and the group's selection step leaves it out.
 """
 
-__all__ = ["RECORD_VERSION", "process_frame", "read_record", "write_json"]
+__all__ = ["RECORD_VERSION", "choose_read_noise", "process_frame", "read_record", "write_json"]
 
 import json
 import logging
@@ -121,6 +121,41 @@ def _detector(calibration, read_noise, rn_source, unit):
     }
 
 
+def choose_read_noise(value, source, measured_adu, gain, bias_name, max_ratio=1.5):
+    """The read noise of a frame: the header/config ``value`` or the one measured from
+    the bias pairs of the master ``bias_name`` (``measured_adu``, ADU).
+
+    Without ``value`` the measured one is used. With both, a disagreement by more than
+    ``max_ratio`` either way (``detector.read_noise_max_ratio``; None: never) is logged
+    as a warning naming both, and the measured value is used: a header read noise far
+    below the real one makes the cosmic-ray noise model flag the sky noise itself.
+
+    Returns ``(read noise, source)`` in electrons (ADU when ``gain`` is None).
+    """
+    measured = float(measured_adu) * (gain or 1.0)
+    if value is None:
+        return measured, f"measured:{bias_name}"
+    if max_ratio is None or measured <= 0 or value <= 0:
+        return value, source
+    ratio = max(measured / value, value / measured)
+    if ratio <= max_ratio:
+        return value, source
+    unit = "e-" if gain else "ADU"
+    log.warning(
+        "read noise: %s value %.4g %s disagrees with %.4g %s measured from the bias pairs"
+        " of %s (ratio %.2f > detector.read_noise_max_ratio %.4g): using the measured one",
+        source,
+        value,
+        unit,
+        measured,
+        unit,
+        bias_name,
+        ratio,
+        max_ratio,
+    )
+    return measured, f"measured:{bias_name} ({source} {value:.4g} disagreed)"
+
+
 def _calibrate(raw_path, hdu, masters, calibration, overscan, steps):
     from ccdflow import calibrate
     from ccdflow.tasks import load_master
@@ -134,10 +169,16 @@ def _calibrate(raw_path, hdu, masters, calibration, overscan, steps):
         read_noise = calibration.get("read_noise")
         rn_source = calibration.get("detector_sources", {}).get("read_noise", "none")
         bias = loaded.get("bias")
-        if read_noise is None and bias is not None and "RDNOISEM" in bias.header:
+        if bias is not None and "RDNOISEM" in bias.header:
             # measured from the bias pairs by make_master_bias (ADU)
-            read_noise = float(bias.header["RDNOISEM"]) * (gain or 1.0)
-            rn_source = f"measured:{bias.name}"
+            read_noise, rn_source = choose_read_noise(
+                read_noise,
+                rn_source,
+                float(bias.header["RDNOISEM"]),
+                gain,
+                bias.name,
+                calibration.get("read_noise_max_ratio", 1.5),
+            )
         calibrated = calibrate.calibrate_frame(
             raw,
             bias=bias,

@@ -291,6 +291,7 @@ class Gate:
         Record key it tests.
     rule : str
         ``'above'``: fails when value > threshold; ``'below'``: when value < threshold;
+        ``'at_most'``: when value <= threshold;
         ``'above_median'``: when value > threshold x the median of the other frames;
         ``'below_median'``: when value < threshold x that median.
     threshold : float
@@ -321,6 +322,7 @@ _RULES = {
     "below": (False, lambda value, limit: value < limit, "<"),
     "above_median": (True, lambda value, limit: value > limit, ">"),
     "below_median": (True, lambda value, limit: value < limit, "<"),
+    "at_most": (False, lambda value, limit: value <= limit, "<="),
 }
 
 

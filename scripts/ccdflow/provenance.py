@@ -62,7 +62,7 @@ KEYWORDS = {
     "TRANSPAR": "star flux / flux in the alignment reference",
     "SATFRAC": "fraction of pixels flagged saturated",
     "STKGROUP": "stack group (object_filter_exposure)",
-    "NEXCLUDE": "frames of the group excluded from the stack",
+    "NEXCLUDE": "frames left out of this stack or master (EXCLnnn)",
     "WEIGHTS": "frame weighting of the stack",
     "REJBITS": "mask bits that exclude a value",
     "SKYMEAN": "mean sky of the inputs (data unit)",

@@ -9,6 +9,7 @@ functions that need them.
 """
 
 __all__ = [
+    "calibration_table",
     "load_master",
     "make_master_file",
     "measure_detector_file",
@@ -47,6 +48,11 @@ def setup_logging(path):
     logging.captureWarnings(True)
 
     def excepthook(kind, value, tb):
+        if getattr(value, "user_error", False):
+            # bad input, not a bug: the message names the files and why, no traceback
+            log.error("%s", value)
+            print(f"ccdflow: {value}", file=sys.stderr)
+            return
         # the job's traceback also goes to its log file, where Snakemake points the user
         log.error("job failed", exc_info=(kind, value, tb))
         sys.__excepthook__(kind, value, tb)
@@ -87,13 +93,19 @@ def make_master_file(
     fingerprints=(),
     overscan=None,
     identity=None,
+    gates=None,
+    record=None,
 ):
     """Combine raw frames ``[(path, hdu), ...]`` into the master ``output`` (FITS).
 
     ``overscan``: the ``overscan`` configuration when it is enabled (every input is
     overscan-subtracted and trimmed first), else None. ``identity``: the header cards a
     later run needs to reuse the master from a calibration library
-    (`ccdflow.plan.MasterSpec.identity`; empty values are not written).
+    (`ccdflow.plan.MasterSpec.identity`; empty values are not written). ``gates``: the
+    ``calibration.gates`` thresholds (`ccdflow.calibrate.CALIBRATION_GATES`): a frame
+    that fails one is left out, listed in the header (``EXCLnnn``) and in ``record``, the
+    master's JSON record (every input frame: metrics, status, reason, value, threshold)
+    that `calibration_table` collects.
     """
     from ccdflow import calibrate
     from ccdflow.library import IDENTITY
@@ -111,7 +123,13 @@ def make_master_file(
         mem_limit_mb=mem_limit_mb,
         flat_floor=flat_floor,
         overscan=overscan,
+        gates=gates,
     )
+    kept = [i for i, row in enumerate(master.frames) if row["status"] == "ok"]
+    excluded = [row for row in master.frames if row["status"] != "ok"]
+    fingerprints = [fingerprints[i] for i in kept] if fingerprints else ()
+    if excluded:
+        _record_exclusions(master.header, {"excluded": excluded})
     for key, value in (identity or {}).items():
         if value not in (None, ""):
             master.header[key] = (value, IDENTITY[key])
@@ -120,6 +138,12 @@ def make_master_file(
             master.header[f"IMSHA{i:03d}"] = (sha, "content fingerprint of input")
     unit = "adu" if kind != "flat" else ""
     io.write_product(output, master.data, master.header, master.uncertainty, master.mask, unit)
+    if record:
+        from ccdflow.framejob import write_json
+
+        units = {"level": "adu", "noise": "adu", "saturated_fraction": "", "pattern_rms": ""}
+        content = {"master": Path(output).stem, "kind": kind, "units": units}
+        write_json(record, content | {"frames": master.frames})
     log.info(
         "done in %.2f s: median %.4g, %s",
         time.perf_counter() - t0,
@@ -164,7 +188,9 @@ def _record_exclusions(header, selection):
         text = f"{e['frame']}: {e['reason']}"
         if e.get("value") is not None and e.get("threshold") is not None:
             text += f" {e['value']:.4g} vs {e['threshold']:.4g}"
-        header[f"EXCL{i:03d}"] = (text[:68], "excluded frame: reason value vs limit")
+        text = text[:68]
+        comment = "excluded frame: reason value vs limit"[: max(0, 80 - 10 - len(text) - 5)]
+        header[f"EXCL{i:03d}"] = (text, comment)
 
 
 def _empty_product(output, header, selection, what):
@@ -385,3 +411,33 @@ def measure_detector_file(setups, output):
 
 def _pm(value, err):
     return "n/a" if not np.isfinite(value) else f"{value:.3f} +- {err:.3f}"
+
+
+#: Columns of ``results/qc/calibration.tsv``: one row per calibration frame.
+CALIBRATION_COLUMNS = (
+    "master",
+    "frame",
+    "level",
+    "noise",
+    "saturated_fraction",
+    "pattern_rms",
+    "status",
+    "reason",
+    "value",
+    "threshold",
+    "detail",
+)
+
+
+def calibration_table(records, output):
+    """``results/qc/calibration.tsv`` from the masters' JSON records: every calibration
+    frame with its metrics (ADU; flats' pattern_rms relative) and whether it was combined."""
+    from ccdflow.inventory import write_tsv
+
+    rows = []
+    for path in records:
+        rec = _read_selection(path)
+        rows += [{"master": rec["master"], **row} for row in rec["frames"]]
+    write_tsv(output, rows, CALIBRATION_COLUMNS)
+    bad = [r for r in rows if r["status"] != "ok"]
+    log.info("%d calibration frames, %d left out of their masters", len(rows), len(bad))

@@ -142,3 +142,39 @@ def test_a_one_frame_master_bias_carries_the_frame_noise_and_warns(night, caplog
     assert np.all(unc == unc.flat[0]) and unc.flat[0] == pytest.approx(rn_adu, rel=0.05)
     assert header["NCOMBINE"] == 1
     assert any("single frame" in r.message and "bias" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("factor", [1 / 3, 1.0])
+def test_a_header_read_noise_far_from_the_bias_pairs_warns_and_the_measured_one_is_used(
+    night, caplog, factor
+):
+    # a real night's header said 3 times less than its bias pairs: the noise model of the
+    # cosmic-ray guard then took the sky noise for cosmic rays. Within the factor the
+    # header value stands.
+    import json
+
+    spec = night["spec"]
+    light = next(f for f in night["by_type"]["light"] if f["filter"] == "V")
+    header_rn = factor * spec["read_noise"]
+    out_dir = night["out"] / f"rn_{factor:.2f}"
+    with caplog.at_level("WARNING", logger="ccdflow"):
+        calibrate_light(
+            night["truth"]["raw_dir"] / light["file"],
+            out_dir,
+            bias=night["masters"] / "bias.fits",
+            gain=spec["gain"],
+            read_noise=header_rn,
+            detector_sources={"read_noise": "header"},
+            saturation=65535,
+        )
+    stem = light["file"].rsplit(".", 1)[0]
+    rn = json.loads((out_dir / f"{stem}.json").read_text())["detector"]["read_noise"]
+    warned = [r.message for r in caplog.records if "read noise" in r.message]
+    if factor == 1.0:
+        assert rn["value"] == pytest.approx(header_rn) and rn["source"] == "header"
+        assert not warned
+    else:
+        assert rn["source"].startswith("measured:bias.fits")
+        assert rn["value"] == pytest.approx(spec["read_noise"], rel=0.1)
+        assert len(warned) == 1
+        assert f"{header_rn:.4g}" in warned[0] and f"{rn['value']:.4g}" in warned[0]

@@ -18,7 +18,12 @@ from ccdflow import plan as ccd_plan
 from ccdflow import sections as ccd_sections
 from ccdflow import select as ccd_select
 from ccdflow import workdir as ccd_workdir
+from ccdflow.config import ConfigError, check as check_config
 
+try:  # one line naming the key, before Snakemake's validate (which fills defaults)
+    check_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 validate(config, schema="../schemas/config.schema.yaml")
 
 VERSION = ccdflow.__version__
@@ -208,6 +213,7 @@ def frame_calibration(wildcards):
         "candidates": ccd_plan.candidates_text(row, informative_only=True),
         **ccd_plan.detector(record, config["detector"]),
         "detector_sources": ccd_plan.detector_sources(record, config["detector"]),
+        "read_noise_max_ratio": config["detector"]["read_noise_max_ratio"],
         "pixel_scale": config["detector"]["pixel_scale"],
     }
 
@@ -306,6 +312,7 @@ def final_outputs():
     raw_stacks = [f"results/stacks/raw/{g}.fits" for g in GROUPS]
     previews = [f"results/qc/previews/{g}.png" for g in GROUPS]
     qc = ["results/qc/frames.tsv", "results/report/index.html"] if GROUPS else []
+    qc += ["results/qc/calibration.tsv"] if PLAN.masters else []
     detector = ["results/qc/detector.json"] if detector_setups() else []
     return masters + frames + stacks + raw_stacks + previews + qc + detector
 

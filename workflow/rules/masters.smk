@@ -6,6 +6,7 @@ rule make_master_bias:
         unpack(master_inputs("bias")),
     output:
         master="results/masters/bias_{tag}.fits",
+        record="results/masters/bias_{tag}.json",
     log:
         "logs/make_master_bias/{tag}.log",
     benchmark:
@@ -17,6 +18,7 @@ rule make_master_bias:
     params:
         **master_params("bias"),
         combine=config["combine"]["bias"],
+        gates=config["calibration"]["gates"],
         version=VERSION,
     script:
         "../../scripts/make_master_bias.py"
@@ -27,6 +29,7 @@ rule make_master_dark:
         unpack(master_inputs("dark")),
     output:
         master="results/masters/dark_{tag}.fits",
+        record="results/masters/dark_{tag}.json",
     log:
         "logs/make_master_dark/{tag}.log",
     benchmark:
@@ -38,6 +41,7 @@ rule make_master_dark:
     params:
         **master_params("dark"),
         combine=config["combine"]["dark"],
+        gates=config["calibration"]["gates"],
         version=VERSION,
     script:
         "../../scripts/make_master_dark.py"
@@ -48,6 +52,7 @@ rule make_master_flat:
         unpack(master_inputs("flat")),
     output:
         master="results/masters/flat_{tag}.fits",
+        record="results/masters/flat_{tag}.json",
     log:
         "logs/make_master_flat/{tag}.log",
     benchmark:
@@ -59,6 +64,7 @@ rule make_master_flat:
     params:
         **master_params("flat"),
         combine=config["combine"]["flat"],
+        gates=config["calibration"]["gates"],
         floor=config["calibration"]["flat_floor"],
         version=VERSION,
     script:
@@ -83,3 +89,18 @@ rule measure_detector:
         version=VERSION,
     script:
         "../../scripts/measure_detector.py"
+
+
+rule collect_calibration_qc:
+    input:
+        records=[f"results/masters/{name}.json" for name in sorted(PLAN.masters)],
+    output:
+        table="results/qc/calibration.tsv",
+    log:
+        "logs/collect_calibration_qc/collect_calibration_qc.log",
+    conda:
+        "../../envs/ccdflow.yaml"
+    params:
+        version=VERSION,
+    script:
+        "../../scripts/collect_calibration_qc.py"

@@ -1,0 +1,142 @@
+"""A bad calibration frame is left out of its master with a reason and the measured value
+(DESIGN §8; `ccdflow.calibrate.CALIBRATION_GATES`), and the master is the one made
+without it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ccdflow import calibrate, demo
+from ccdflow.io import read_product
+from ccdflow.tasks import calibration_table, make_master_file
+from conftest import BAD_FLATS, read_tsv, write_bad_flats
+
+COMBINE = {"method": "sigma_clip", "sigma_low": 3.0, "sigma_high": 3.0, "maxiters": 5}
+FLAT_COMBINE = {**COMBINE, "method": "sigma_clip_median"}
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gates")
+    truth = demo.make_night(out, preset="test", seed=11)
+    raw = truth["raw_dir"]
+    biases = [(raw / f["file"], 0) for f in truth["frames"] if f["type"] == "bias"]
+    make_master_file("bias", biases, out / "bias.fits", COMBINE)
+    good = [(raw / f["file"], 0) for f in truth["frames"] if f["filter"] == "V"]
+    good = [g for g in good if g[0].name.startswith("flat")]
+    return {"truth": truth, "out": out, "good": good, "biases": biases}
+
+
+def _flat(night, frames, name, **kw):
+    out = night["out"]
+    return make_master_file(
+        "flat",
+        frames,
+        out / f"{name}.fits",
+        FLAT_COMBINE,
+        bias=out / "bias.fits",
+        saturation=night["truth"]["spec"]["saturation"],
+        **kw,
+    )
+
+
+def test_bad_flats_are_left_out_with_reason_and_value_and_the_master_is_made_without(night):
+    bad = write_bad_flats(night["truth"], night["out"] / "bad")
+    frames = night["good"] + [(p, 0) for p in bad.values()]
+    record = night["out"] / "flat_with.json"
+    _flat(night, frames, "flat_with", record=record)  # the all-zero flat used to crash
+    _flat(night, night["good"], "flat_without")
+    with_bad, header, _, _ = read_product(night["out"] / "flat_with.fits")
+    without, *_ = read_product(night["out"] / "flat_without.fits")
+    np.testing.assert_allclose(with_bad, without, rtol=1e-6, atol=1e-6)
+    assert header["NCOMBINE"] == len(night["good"]) and header["NEXCLUDE"] == len(bad)
+
+    rows = {r["frame"]: r for r in json.loads(record.read_text())["frames"]}
+    assert len(rows) == len(frames)
+    for kind, path in bad.items():
+        row = rows[path.name]
+        assert (row["status"], row["reason"]) == ("rejected", BAD_FLATS[kind]), row
+    assert {r["status"] for n, r in rows.items() if "_bad_" not in n} == {"ok"}
+    assert rows[bad["zero"].name]["value"] <= 0
+    assert rows[bad["saturated"].name]["value"] == pytest.approx(0.1, abs=0.01)
+    faint = rows[bad["faint"].name]
+    assert faint["value"] == pytest.approx(faint["threshold"] / 0.1 / 200, rel=0.2)
+    assert rows[bad["otherfilter"].name]["value"] > 0.01
+    # every good flat's pattern is well inside the limit: the gate has room
+    assert max(r["pattern_rms"] for n, r in rows.items() if "_bad_" not in n) < 0.005
+    cards = [str(header[k]) for k in header if k.startswith("EXCL")]
+    for kind, path in bad.items():
+        assert any(c.startswith(f"{path.name}: {BAD_FLATS[kind]} ") for c in cards), cards
+
+    table = night["out"] / "calibration.tsv"
+    calibration_table([record], table)
+    tsv = {r["frame"]: r for r in read_tsv(table)}
+    assert tsv[bad["faint"].name]["reason"] == "faint"
+    assert tsv[bad["faint"].name]["master"] == "flat_with"
+    assert float(tsv[bad["faint"].name]["value"]) == pytest.approx(faint["value"], rel=1e-3)
+
+
+def test_a_gate_set_to_null_lets_the_frame_in(night):
+    bad = write_bad_flats(night["truth"], night["out"] / "bad")
+    frames = night["good"] + [(bad["saturated"], 0)]
+    master = _flat(night, frames, "flat_sat_ok", gates={"max_saturated_fraction": None})
+    assert all(r["status"] == "ok" for r in master.frames)
+
+
+def test_a_noisy_bias_is_left_out(night, tmp_path):
+    from astropy.io import fits
+
+    path, _ = night["biases"][0]
+    data = fits.getdata(path).astype(np.float64)
+    noisy = data + np.random.default_rng(3).normal(0, 4 * data.std(), data.shape)
+    fits.writeto(
+        tmp_path / "bias_noisy.fits", np.rint(noisy).astype(np.uint16), fits.getheader(path)
+    )
+    frames = night["biases"] + [(tmp_path / "bias_noisy.fits", 0)]
+    master = make_master_file("bias", frames, tmp_path / "bias.fits", COMBINE)
+    rows = {r["frame"]: r for r in master.frames}
+    assert rows["bias_noisy.fits"]["reason"] == "noisy"
+    assert master.header["NCOMBINE"] == len(night["biases"])
+
+
+def test_a_master_whose_every_frame_fails_names_each_and_why(night):
+    bad = write_bad_flats(night["truth"], night["out"] / "bad")
+    with pytest.raises(calibrate.MasterError, match=bad["zero"].name + ": no_signal"):
+        _flat(night, [(bad["zero"], 0)], "flat_none")
+    assert not (night["out"] / "flat_none.fits").exists()
+
+
+def test_gate_defaults_are_the_config_defaults():
+    # STYLE 16: one place says the default; the config and the schema repeat it
+    import yaml
+
+    from conftest import REPO
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())["calibration"]["gates"]
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    props = schema["properties"]["calibration"]["properties"]["gates"]["properties"]
+    gates = {g.key: g for gs in calibrate.CALIBRATION_GATES.values() for g in gs if g.key}
+    assert set(gates) == set(config) == set(props)
+    for key, gate in gates.items():
+        assert config[key] == props[key]["default"] == gate.threshold, key
+        assert gate.reason in props[key]["description"], key
+
+
+def test_a_master_without_frames_stops_its_job_with_the_message_only(night, tmp_path):
+    # a user error, not a bug: the job's stderr and log hold the message, no traceback
+    import subprocess
+    import sys
+
+    bad = write_bad_flats(night["truth"], night["out"] / "bad")
+    log = tmp_path / "job.log"
+    code = (
+        "from ccdflow.tasks import make_master_file, setup_logging\n"
+        f"setup_logging({str(log)!r})\n"
+        f"make_master_file('flat', [({str(bad['zero'])!r}, 0)], {str(tmp_path / 'f.fits')!r},"
+        " {'method': 'median'})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"{bad['zero'].name}: no_signal" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in log.read_text()
