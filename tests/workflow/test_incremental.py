@@ -134,7 +134,9 @@ def test_new_flat_reruns_that_filter_only(night):
     night.add(LATER[1])
     # master flat R; the 5 R lights (2 at 120 s, 3 at 60 s); the 2 R stacks
     # and the detector measurement (its flat pairs)
-    assert night.plan() == jobs(frames=5, groups=2, make_master_flat=1, measure_detector=1)
+    assert night.plan() == jobs(
+        frames=5, groups=2, make_master_flat=1, measure_detector=1, collect_calibration_qc=1
+    )
     night.run()
 
 
@@ -143,7 +145,7 @@ def test_new_dark_exposure_reruns_its_master_and_the_lights_that_use_it(night):
         night.add(name)
     # 120 s lights switch from the scaled 300 s dark to the new 120 s one; 60 s lights
     # and the flats keep the 60 s dark
-    assert night.plan() == jobs(frames=4, groups=2, make_master_dark=1)
+    assert night.plan() == jobs(frames=4, groups=2, make_master_dark=1, collect_calibration_qc=1)
     night.run()
     frames = read_tsv(night.work / "results/index/frames.tsv")
     assert any(f["expgroup"] == "120" and f["imagetyp"] == "dark" for f in frames)
@@ -205,6 +207,7 @@ def test_new_bias_reruns_everything_downstream(night):
         make_master_dark=3,
         make_master_flat=2,
         measure_detector=1,
+        collect_calibration_qc=1,
     )
     night.run()
     assert night.plan() == {}
@@ -251,4 +254,5 @@ def test_library_version_change_reruns_what_it_affects(night, tmp_path):
         make_master_dark=3,
         make_master_flat=2,
         measure_detector=1,
+        collect_calibration_qc=1,
     )

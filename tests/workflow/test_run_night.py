@@ -55,6 +55,7 @@ def test_dry_run_plans_the_whole_night(run):
         "collect_qc": 1,
         "make_report": 1,
         "measure_detector": 1,
+        "collect_calibration_qc": 1,
         "all": 1,
     }
 
