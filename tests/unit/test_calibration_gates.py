@@ -140,3 +140,34 @@ def test_a_master_without_frames_stops_its_job_with_the_message_only(night, tmp_
     assert proc.returncode != 0
     assert f"{bad['zero'].name}: no_signal" in proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in log.read_text()
+
+
+def test_tall_frames_are_measured_on_a_row_sample_that_agrees_with_every_row(
+    tmp_path, monkeypatch
+):
+    # A master reads each input once in full; the gate measures of a tall frame come from
+    # every (ny // 256)-th row instead of a second full read. They must agree.
+    from astropy.io import fits
+
+    rng = np.random.default_rng(8)
+    ny, nx = 1100, 96
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    signal = 20000 * (1 - 0.1 * ((yy - ny / 2) ** 2 / ny**2 + (xx - nx / 2) ** 2 / nx**2))
+    raw = rng.poisson(signal) + 1000 + rng.normal(0, 5, (ny, nx)) + 3 * rng.normal(size=nx)
+    raw[rng.random((ny, nx)) < 0.002] = 65535
+    path = tmp_path / "tall_flat.fits"
+    fits.PrimaryHDU(np.clip(raw, 0, 65535).astype(np.uint16)).writeto(path)
+
+    def measures(rows):
+        monkeypatch.setattr(calibrate, "_MEASURE_ROWS", rows)
+        reader = calibrate._RowReader(path, 0)
+        try:
+            return calibrate._frame_measures(reader, "flat", None, None, 1.0, 65535)
+        finally:
+            reader.close()
+
+    every, sample = measures(10**6), measures(256)
+    assert sample["level"] == pytest.approx(every["level"], rel=0.005)
+    assert sample["noise"] == pytest.approx(every["noise"], rel=0.1)
+    assert sample["saturated_fraction"] == pytest.approx(every["saturated_fraction"], abs=1e-3)
+    assert np.nanmax(np.abs(sample["pattern"] - every["pattern"])) < 0.01
