@@ -448,8 +448,8 @@ def make_master(
         ny, nx = readers[0].shape
         n = len(readers)
         norm = np.ones(n, dtype=np.float64)
-        if kind == "flat":
-            norm = np.asarray([measures[i]["level"] for i in keep])
+        if kind == "flat":  # exact: the gates' level may come from a row sample
+            norm = _flat_levels(readers, bias, dark, scales)
         step = band_rows(n, nx, ny, mem_limit_mb)
         data = np.empty((ny, nx), np.float32)
         unc = np.empty((ny, nx), np.float32)
@@ -618,6 +618,17 @@ def _subtract(raw, bias, dark, scale, y0, y1, out=None):
     if dark is not None and scale != 0:
         out -= np.float32(scale) * dark.data[y0:y1]
     return out
+
+
+def _flat_levels(readers, bias, dark, scales):
+    """Median of the central region of each bias/dark-subtracted flat, the normalisation
+    of each input (its central half read once more)."""
+    ys, xs = central_region(readers[0].shape)
+    levels = []
+    for i, r in enumerate(readers):
+        centre = _subtract(r.rows(ys.start, ys.stop)[0], bias, dark, scales[i], ys.start, ys.stop)
+        levels.append(float(np.nanmedian(centre[:, xs])))
+    return np.asarray(levels)
 
 
 def _normalise_flat(data, unc, mask, nused, floor, header):
