@@ -259,9 +259,18 @@ def _times(dates):
     return [(t - start).total_seconds() / 3600 for t in parsed], "hours since first frame"
 
 
+def _judged(record, excluded):
+    """Whether the group gates judge this frame (`ccdflow.select`): its job succeeded and
+    it was not excluded by hand."""
+    if record.get("status") != "ok":
+        return False
+    return excluded.get(record["frame"], {}).get("reason") != "excluded_by_config"
+
+
 def _time_plot(group, records, dates, excluded, selection_cfg):
-    """FWHM, transparency and sky of a group's frames against time; gate thresholds
-    (the gate's factor times the group median) drawn, excluded frames marked."""
+    """FWHM, transparency and sky of a group's frames against time; each frame's gate
+    limit (the gate's factor times the median of the other judged frames) drawn as a tick,
+    excluded frames marked."""
     records = sorted(records, key=lambda r: (dates.get(r["frame"], ""), r["frame"]))
     t, axis = _times([dates.get(r["frame"], "") for r in records])
     fig = _figure(8.4, 2.6)
@@ -282,8 +291,16 @@ def _time_plot(group, records, dates, excluded, selection_cfg):
         factor = selection_cfg.get(key) if key else None
         good = values[np.isfinite(values)]
         if factor is not None and good.size:
-            limit = factor * float(np.median(good))
-            ax.axhline(limit, color="tab:orange", ls="--", label=f"gate {factor:g} x median")
+            # each frame's own limit, as the gate computes it: the factor times the median
+            # of the *other* frames the group gates judge (job ok, not excluded by hand)
+            judged = np.isfinite(values) & np.array([_judged(r, excluded) for r in records])
+            limits = np.full(values.shape, np.nan)
+            for j in range(len(records)):
+                others = values[judged & (np.arange(len(records)) != j)]
+                if others.size:
+                    limits[j] = factor * float(np.median(others))
+            ax.plot(x, limits, "_", color="tab:orange", ms=14, mew=2,
+                    label=f"gate: {factor:g} x median of the others")  # fmt: skip
         if not good.size:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(axis, fontsize=8)
