@@ -15,6 +15,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+#: Master combine parameters of the unit tests (the config defaults for biases and darks,
+#: and the flats' clipped median).
+COMBINE = {"method": "sigma_clip", "sigma_low": 3.0, "sigma_high": 3.0, "maxiters": 5}
+FLAT_COMBINE = {**COMBINE, "method": "sigma_clip_median"}
 M51 = SHARED_DATA / "phy241-m51"
 
 

@@ -148,23 +148,6 @@ def _open_all(frames, overscan=None):
     return readers
 
 
-def _single_frame_noise(image, valid):
-    """Pixel noise of one frame: robust std of neighbour differences / sqrt(2).
-
-    Differences along a column cancel column offsets, along a row row offsets; a fixed
-    pattern only adds to the spread, so the smaller of the two is the noise.
-    """
-    spreads = []
-    for a, b, ok in (
-        (image[:, 1:], image[:, :-1], valid[:, 1:] & valid[:, :-1]),
-        (image[1:], image[:-1], valid[1:] & valid[:-1]),
-    ):
-        diff = (a - b)[ok]
-        if diff.size >= 2:
-            spreads.append(_mad(diff.astype(np.float64)) * 1.482602218505602 / np.sqrt(2))
-    return float(min(spreads)) if spreads else 0.0
-
-
 def read_noise_adu(a, b):
     """Read noise (ADU) from two bias frames: robust std of their difference / sqrt(2)
     (astropy's ``mad_std``: 1.482602218505602 x the median absolute deviation)."""
@@ -294,11 +277,14 @@ def _frame_measures(reader, kind, bias, dark, scale, saturation):
 
 
 def _pixel_noise(image, valid):
-    """Pixel noise for the ``noisy`` gate: std of neighbour differences within 5 robust
-    sigma of their median, / sqrt(2), the smaller along rows and columns.
+    """Pixel noise of one frame (the ``noisy`` gate; a one-frame master's uncertainty):
+    std of neighbour differences within 5 robust sigma of their median, / sqrt(2), the
+    smaller along rows and columns (differences cancel gradients, and along the right
+    axis column or row patterns, which only add to the spread).
 
     Unlike the median absolute deviation of integer differences (a raw bias), this is not
-    quantised to steps of ~1 ADU, which a ratio of 2 between frames would trip over.
+    quantised to steps of ~1 ADU, which a ratio of 2 between frames would trip over; for
+    integer differences the clipping spread is at least 1 ADU for the same reason.
     """
     spreads = []
     for a, b, ok in (
@@ -309,7 +295,9 @@ def _pixel_noise(image, valid):
         if diff.size < 2:
             continue
         centre = np.median(diff)
-        spread = max(1.482602218505602 * _mad(diff), 1.0)
+        spread = 1.482602218505602 * _mad(diff)
+        if spread < 1.0 and np.array_equal(diff, np.round(diff)):
+            spread = 1.0  # quantised ADU differences
         kept = diff[np.abs(diff - centre) < 5 * spread]
         spreads.append(float(np.std(kept) / np.sqrt(2)))
     return min(spreads) if spreads else 0.0
@@ -494,7 +482,7 @@ def make_master(
         # No scatter to measure a standard error from: the master is that frame, with its
         # own pixel noise (from neighbour differences, which cancel gradients and, along
         # the right axis, column or row patterns), not 0.
-        single = _single_frame_noise(data, nused > 0)
+        single = _pixel_noise(data, nused > 0)
         unc[nused > 0] = single
         header_note = f"one input frame: uncertainty = its measured pixel noise {single:.4g}"
         logging.getLogger("ccdflow").warning(

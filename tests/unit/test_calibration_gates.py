@@ -10,10 +10,7 @@ import pytest
 from ccdflow import calibrate, demo
 from ccdflow.io import read_product
 from ccdflow.tasks import calibration_table, make_master_file
-from conftest import BAD_FLATS, read_tsv, write_bad_flats
-
-COMBINE = {"method": "sigma_clip", "sigma_low": 3.0, "sigma_high": 3.0, "maxiters": 5}
-FLAT_COMBINE = {**COMBINE, "method": "sigma_clip_median"}
+from conftest import BAD_FLATS, COMBINE, FLAT_COMBINE, read_tsv, write_bad_flats
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ from ccdflow import bits, demo
 from ccdflow.cosmics import clean_cosmics
 from ccdflow.io import read_product
 from ccdflow.tasks import make_master_file
-from conftest import calibrate_light
+from conftest import COMBINE, calibrate_light
 
-COMBINE = {"method": "sigma_clip", "sigma_low": 3.0, "sigma_high": 3.0, "maxiters": 5}
 #: One 120 s V light with 40 bright, mostly unsaturated stars (peaks 1e4 to 9e4 e-) and
 #: about 300 cosmic-ray pixels on a 256 x 256 chip.
 NIGHT = dict(

@@ -6,10 +6,7 @@ import pytest
 from ccdflow import bits, demo
 from ccdflow.io import read_product
 from ccdflow.tasks import make_master_file
-from conftest import calibrate_light
-
-COMBINE = {"method": "sigma_clip", "sigma_low": 3.0, "sigma_high": 3.0, "maxiters": 5}
-FLAT_COMBINE = {**COMBINE, "method": "sigma_clip_median"}
+from conftest import COMBINE, FLAT_COMBINE, calibrate_light
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from ccdflow.calibrate import make_master, prepare_raw
 from ccdflow.frame import Frame
 from ccdflow.io import read_frame
 from ccdflow.sections import SectionError
+from conftest import COMBINE
 
 OVERSCAN = {"biassec": "BIASSEC", "trimsec": "TRIMSEC", "method": "median", "order": 3}
-COMBINE = {"method": "sigma_clip", "sigma_low": 3.0, "sigma_high": 3.0, "maxiters": 5}
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,20 @@ def jobs(frames=0, groups=0, qc=True, **extra):
     return {k: v for k, v in out.items() if v}
 
 
+def everything(night):
+    """Every job of the night: what a new bias or a library version change reruns."""
+    n_lights = len(list(night.raw.glob("light_*.fits")))
+    return jobs(
+        frames=n_lights,
+        groups=4,
+        make_master_bias=1,
+        make_master_dark=3,
+        make_master_flat=2,
+        measure_detector=1,
+        collect_calibration_qc=1,
+    )
+
+
 class Night:
     """A raw directory that receives frames, and the working directory reducing it."""
 
@@ -199,16 +213,7 @@ def test_excluding_one_frame_reruns_its_group_only(night, tmp_path):
 
 def test_new_bias_reruns_everything_downstream(night):
     night.add(LATER[2])
-    n_lights = len(list(night.raw.glob("light_*.fits")))
-    assert night.plan() == jobs(
-        frames=n_lights,
-        groups=4,
-        make_master_bias=1,
-        make_master_dark=3,
-        make_master_flat=2,
-        measure_detector=1,
-        collect_calibration_qc=1,
-    )
+    assert night.plan() == everything(night)
     night.run()
     assert night.plan() == {}
 
@@ -246,13 +251,4 @@ def test_library_version_change_reruns_what_it_affects(night, tmp_path):
         check=True,
     )
     planned = {k: v for k, v in planned_jobs(proc.stdout).items() if k != "all"}
-    n_lights = len(list(night.raw.glob("light_*.fits")))
-    assert planned == jobs(
-        frames=n_lights,
-        groups=4,
-        make_master_bias=1,
-        make_master_dark=3,
-        make_master_flat=2,
-        measure_detector=1,
-        collect_calibration_qc=1,
-    )
+    assert planned == everything(night)

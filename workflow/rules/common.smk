@@ -279,6 +279,11 @@ def group_fingerprints(wildcards):
     return [PLAN.lights[f]["record"]["fingerprint"] for f in _members(wildcards)]
 
 
+def master_records(wildcards):
+    """Input function of collect_calibration_qc: the JSON record of every master made."""
+    return [f"results/masters/{name}.json" for name in sorted(PLAN.masters)]
+
+
 def detector_setups(wildcards=None):
     """Per detector setup, the raw biases and flats (per filter) of this run's masters and
     the gain and read noise the headers (or config) give: what measure_detector needs."""

@@ -93,7 +93,7 @@ rule measure_detector:
 
 rule collect_calibration_qc:
     input:
-        records=[f"results/masters/{name}.json" for name in sorted(PLAN.masters)],
+        records=master_records,
     output:
         table="results/qc/calibration.tsv",
     log:
