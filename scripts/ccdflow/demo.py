@@ -893,7 +893,7 @@ def load_truth(outdir):
 
 def main(argv=None):
     """Command line: ``python -m ccdflow.demo OUTDIR [--preset P] [--seed N] [--size NY NX]
-    [--camera STYLE] [--nights N] [--force]``."""
+    [--camera STYLE] [--nights N] [--dome-flats N] [--force]``."""
     parser = argparse.ArgumentParser(
         prog="python -m ccdflow.demo", description=__doc__.split("\n")[0]
     )
@@ -904,6 +904,9 @@ def main(argv=None):
     parser.add_argument("--camera", choices=list(CAMERAS), default="maxim", help="header style")
     parser.add_argument("--nights", type=int, default=1, help="nights the lights span (default 1)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty raw/ anyway")
+    parser.add_argument(
+        "--dome-flats", type=int, default=0, metavar="N", help="also N dome flats per filter"
+    )
     parser.add_argument(
         "--bad",
         action="append",
@@ -923,6 +926,8 @@ def main(argv=None):
         overrides["camera"] = args.camera
     if args.nights != 1:
         overrides["n_nights"] = args.nights
+    if args.dome_flats:
+        overrides["n_dome_flats"] = args.dome_flats
     try:
         if args.bad:
             overrides["bad_lights"] = tuple(_bad_arg(a) for a in args.bad)

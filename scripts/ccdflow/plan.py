@@ -245,10 +245,10 @@ def _sky_and_dome(members, cfg, minimum, where, plan):
     counts = f"{len(kinds['sky'])} sky and {len(kinds['dome'])} dome flats"
     if not cfg.get("illumination", {}).get("enabled", False):
         plan.warnings.append(
-            f"{where}: {counts} are combined into one master flat, though their "
-            "illuminations differ; calibration.illumination.enabled: true makes a master of "
-            "each and gives the lights the sky's low-order shape with the dome's pixel "
-            "structure"
+            f"{where}: {counts} go into one master flat, though their illuminations "
+            "differ (the flat gates may leave one kind out as wrong_pattern); "
+            "calibration.illumination.enabled: true makes a master of each and gives the "
+            "lights the sky's low-order shape with the dome's pixel structure"
         )
         return None
     if min(len(v) for v in kinds.values()) < minimum:

@@ -1,6 +1,6 @@
 """The illumination model of the flat in a real run (calibration.illumination).
 
-A `--preset test` night with 3 dome flats per filter beside its 5 twilight (sky) flats
+A `--preset test` night with 3 V and 4 R dome flats beside its 5 twilight (sky) flats
 (`demo.NightSpec.n_dome_flats`): the lamp lights the detector as the sky does times
 ``1 + 0.12 u - 0.08 v`` (a 25 % tilt corner to corner). With the option on, each filter
 gets a sky and a dome master and the lights are divided by their combination, whose
@@ -10,6 +10,7 @@ ILLUM extension, and a warning that suggests the option.
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -22,12 +23,16 @@ from conftest import planned_jobs, read_tsv, snakemake
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 SETUP = "1x1_128x96"
+LATER = "domeflat_V_004.fits"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("illumination")
-    truth = demo.make_night(base / "night", preset="test", seed=3, n_dome_flats=3)
+    truth = demo.make_night(base / "night", preset="test", seed=3, n_dome_flats=4)
+    held = base / "held"  # the fourth V dome flat arrives later (test_new_dome_flat_...)
+    held.mkdir()
+    shutil.move(truth["raw_dir"] / LATER, held / LATER)
     layer = base / "illumination.yaml"
     layer.write_text("calibration:\n  illumination:\n    enabled: true\n")
     on, off = base / "on", base / "off"
@@ -36,6 +41,8 @@ def runs(tmp_path_factory):
     config = {"raw_dir": truth["raw_dir"]}
     return {
         "truth": truth,
+        "layer": layer,
+        "held": held,
         "on": on,
         "on_proc": snakemake(on, configfiles=[layer], config=config),
         "off": off,
@@ -124,3 +131,29 @@ def test_with_the_option_off_the_plan_is_as_before_and_a_warning_suggests_it(run
     status = {r["frame"]: r["reason"] for r in record["frames"]}
     assert len(status) == 8
     assert {status[f"domeflat_V_{i:03d}.fits"] for i in (1, 2, 3)} == {"wrong_pattern"}
+
+
+def test_new_dome_flat_reruns_that_filter_only(runs):
+    """DESIGN §7 with the option on: a new flat in V reruns V's dome master, V's
+    combination, the V lights and stacks, and the tables that list them; no R master, no
+    R light, no bias or dark."""
+    raw = runs["truth"]["raw_dir"]
+    shutil.copy2(runs["held"] / LATER, raw / LATER)
+    dry = snakemake(runs["on"], "-n", configfiles=[runs["layer"]], config={"raw_dir": raw})
+    jobs = {k: v for k, v in planned_jobs(dry.stdout).items() if k != "all"}
+    per_group = ("select_frames", "stack_group", "stack_raw_group", "make_preview")
+    assert jobs == {
+        "make_master_flat": 1,
+        "combine_sky_dome_flat": 1,
+        "process_frame": 4,  # the V lights, 2 at 60 s and 2 at 120 s
+        **dict.fromkeys(per_group, 2),
+        "measure_detector": 1,  # its flat pairs
+        "collect_calibration_qc": 1,
+        "collect_qc": 1,
+        "make_report": 1,
+    }
+    outputs = [line for line in dry.stdout.splitlines() if line.strip().startswith("output:")]
+    made = " ".join(outputs)
+    assert f"results/masters/flat_{SETUP}_V_dome.fits" in made
+    assert f"results/masters/flat_{SETUP}_V.fits" in made
+    assert f"flat_{SETUP}_V_sky.fits" not in made and f"flat_{SETUP}_R" not in made
