@@ -125,6 +125,10 @@ def _inspect(args):
     print("\nmasters to make:" if p.masters else "\nmasters to make: none")
     for m in p.masters.values():
         extra = f" (bias {m.bias}" + (f", dark {m.dark})" if m.dark else ")") if m.bias else ""
+        if m.components:  # calibration.illumination: a sky/dome combination
+            parts = f"shape of {m.components['sky']}, pixels of {m.components['dome']}"
+            print(f"  {m.name:36s} combined: {parts}")
+            continue
         print(f"  {m.name:36s} from {len(m.frames):3d} frames{extra}")
     if lib or skipped:
         print(f"\ncalibration library: {len(lib)} masters, {len(p.library)} used")

@@ -84,6 +84,19 @@ Their dither, noise and cosmic rays come from a third generator,
 night without bad lights: delete the bad files and you have that night. Truth: ``defect``
 (the kind) and ``transparency``, ``fwhm`` or ``trail_px`` and ``trail_deg``.
 
+Dome flats (``NightSpec.n_dome_flats``)
+---------------------------------------
+With ``n_dome_flats`` > 0 each filter also gets that many dome (lamp) flats,
+``domeflat_<filter>_nnn.fits``, taken after the last frame, and the twilight flats become
+sky flats: type card 'Sky Flat' / 'Dome Flat' ("maxim", "amateur") or 'skyflat' /
+'domeflat' ("pro"; "nameonly" has no card for them). The lamp lights the detector as the
+sky does times `dome_illumination` (``1 + a u + b v + c u v``, ``(a, b, c) =
+dome_illumination``, u, v = x, y scaled to [-1, 1]): a dome flat is ``S = flat *
+dome_illumination * level_e + dark_rate * t``. Their levels and noise come from a fourth
+generator, ``SeedSequence(seed).spawn(3)[2]``, so the other frames' pixels are those of the
+same night without them (only the sky flats' type card differs). Truth: ``flat_kind``
+('sky' or 'dome') of every flat.
+
 Truth (``outdir/truth/``)
 -------------------------
 ``truth.json`` (seed, version, spec, file names, one entry per raw frame), ``bias.fits`` (ADU),
@@ -105,6 +118,7 @@ __all__ = [
     "CAMERAS",
     "PRESETS",
     "NightSpec",
+    "dome_illumination",
     "expected_electrons",
     "frame_bias",
     "load_truth",
@@ -143,6 +157,13 @@ CAMERAS = {
         types=dict(bias="Bias Frame", dark="Dark Frame", flat="Flat Frame", light="Light Frame"),
     ),
     "nameonly": dict(type_keyword=None, types=dict.fromkeys(_IMAGETYP)),
+}
+#: Type-card values of sky (twilight) and dome flats, per camera style, when a night has
+#: dome flats (`NightSpec.n_dome_flats`).
+_FLAT_KIND_TYPES = {
+    "maxim": ("Sky Flat", "Dome Flat"),
+    "pro": ("skyflat", "domeflat"),
+    "amateur": ("Sky Flat", "Dome Flat"),
 }
 _OVERSCAN_SKIP = 2  # overscan columns next to the image left out of BIASSEC
 _DRIFT_PERIOD_H = 2.0  # period of the "pro" bias drift (hours)
@@ -217,6 +238,8 @@ class NightSpec:
     bias_drift: float = 10.0
     bias_ramp: float = 4.0
     bad_lights: tuple[tuple[str, float], ...] = ()
+    n_dome_flats: int = 0
+    dome_illumination: tuple[float, float, float] = (0.12, -0.08, 0.0)
 
     def __post_init__(self):
         # Accept lists (JSON, CLI) wherever a tuple is expected, so specs round-trip.
@@ -236,6 +259,9 @@ class NightSpec:
             raise ValueError(msg)
         if self.overscan_cols <= _OVERSCAN_SKIP:
             raise ValueError(f"NightSpec.overscan_cols must be > {_OVERSCAN_SKIP}")
+        if self.n_dome_flats and self.camera not in _FLAT_KIND_TYPES:
+            msg = f"NightSpec.n_dome_flats: camera {self.camera!r} has no type card for them"
+            raise ValueError(msg)
         for kind, value in self.bad_lights:
             ok = {"cloudy": 0 < value <= 1, "seeing": value > 0, "trailed": value >= 0}
             if not ok.get(kind, False):
@@ -351,6 +377,8 @@ def expected_electrons(truth, frame):
         return dark
     flat = truth["flat"][frame["filter"]].astype(np.float64)
     if frame["type"] == "flat":
+        if frame.get("flat_kind") == "dome":
+            flat = flat * dome_illumination(spec)
         return flat * frame["level_e"] + dark
     shape, stars = tuple(spec["shape"]), truth["stars"]
     x, y = _frame_xy(stars, frame, shape)
@@ -367,6 +395,41 @@ def expected_electrons(truth, frame):
     else:
         img = render_stars(shape, x, y, flux, fwhm)
     return flat * (frame["sky_e_per_s"] + img) * t + dark
+
+
+def dome_illumination(spec):
+    """The dome lamp's illumination relative to the sky's: ``1 + a u + b v + c u v``,
+    ``(a, b, c) = spec["dome_illumination"]``, with u, v = pixel x, y scaled to [-1, 1]
+    (as `ccdflow.illumination` scales them). float64 image of the frame shape."""
+    ny, nx = spec["shape"]
+    a, b, c = spec["dome_illumination"]
+    u = (np.arange(nx) - (nx - 1) / 2) / ((nx - 1) / 2)
+    v = (np.arange(ny) - (ny - 1) / 2) / ((ny - 1) / 2)
+    return 1 + a * u[None, :] + b * v[:, None] + c * u[None, :] * v[:, None]
+
+
+def _dome_flats(spec, frames, rng):
+    """`NightSpec.n_dome_flats` per filter, after the last frame (module docstring); the
+    twilight flats become sky flats."""
+    sky_type, dome_type = _FLAT_KIND_TYPES[spec.camera]
+    for f in frames:
+        if f["type"] == "flat":
+            f |= {"imagetyp": sky_type, "flat_kind": "sky"}
+    last = frames[-1]
+    clock = _dt.datetime.fromisoformat(last["date_obs"])
+    clock += _dt.timedelta(seconds=last["exptime"] + _READOUT_S)
+    out = []
+    for filt in spec.filters:
+        for i in range(1, spec.n_dome_flats + 1):
+            spread = rng.uniform(-spec.flat_level_spread, spec.flat_level_spread)
+            level = spec.flat_level * spec.gain * (1 + spread)
+            entry = dict(file=f"domeflat_{_safe(filt)}_{i:03d}.fits", type="flat")
+            entry |= dict(imagetyp=dome_type, filter=filt, exptime=float(spec.flat_exptime))
+            entry |= {"date_obs": clock.isoformat(timespec="milliseconds")}
+            entry |= {"night": last["night"], "night_index": last["night_index"]}
+            out.append(entry | {"level_e": level, "flat_kind": "dome"})
+            clock += _dt.timedelta(seconds=spec.flat_exptime + _READOUT_S)
+    return out
 
 
 def frame_bias(truth, frame):
@@ -704,22 +767,26 @@ def make_night(outdir, *, preset="demo", seed=0, **overrides):
     model = {"spec": dataclasses.asdict(spec), "bias": bias, "dark_rate": dark_rate}
     model["flat"], model["stars"] = _flats(spec, rng), _stars(spec, rng)
     frames = _plan(spec, rng)
-    camera_rng, bad_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
-    )  # spawn(2)[0] is spawn(1)[0]: the camera stream of a night without bad lights
+    camera_rng, bad_rng, dome_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
+    )  # spawn(3)[i] is spawn(1)[0], spawn(2)[1]: the streams of a night without dome flats
     bad = _bad_lights(spec, frames, bad_rng) if spec.bad_lights else []
+    dome = _dome_flats(spec, frames + bad, dome_rng) if spec.n_dome_flats else []
     bias64 = bias.astype(np.float64)
     pro = spec.camera == "pro"
     if pro:
         (truth_dir / "overscan").mkdir(exist_ok=True)
         drift = _bias_drift(spec, frames, camera_rng)
         drift += _bias_drift(spec, bad, bad_rng) if bad else []
-        for frame, (offset, ramp) in zip(frames + bad, drift, strict=True):
+        drift += _bias_drift(spec, dome, dome_rng) if dome else []
+        for frame, (offset, ramp) in zip(frames + bad + dome, drift, strict=True):
             frame["bias_offset"], frame["bias_ramp"] = offset, ramp
             frame["overscan"] = f"overscan/{Path(frame['file']).stem}.fits"
-    frames += bad
+    frames += bad + dome
     for frame in frames:
-        g = bad_rng if "defect" in frame else rng  # the generator of this frame's noise
+        # the generator of this frame's noise
+        dome_frame = frame.get("flat_kind") == "dome"
+        g = bad_rng if "defect" in frame else dome_rng if dome_frame else rng
         electrons = expected_electrons(model, frame)
         counts = g.poisson(electrons).astype(np.float64) if frame["type"] != "bias" else 0.0
         if frame["type"] in ("light", "dark"):
@@ -738,7 +805,7 @@ def make_night(outdir, *, preset="demo", seed=0, **overrides):
             frame["saturated_star_ids"] = _saturated(spec, model["stars"], frame, expected_adu)
         if pro:
             level = _row_levels(spec, frame["bias_offset"], frame["bias_ramp"])
-            g = bad_rng if "defect" in frame else camera_rng
+            g = bad_rng if "defect" in frame else dome_rng if dome_frame else camera_rng
             noise = g.normal(0.0, spec.read_noise, (spec.shape[0], spec.overscan_cols))
             strip = np.clip(np.rint(noise / spec.gain + level[:, None]), 0, spec.saturation)
             adu = np.hstack([adu, strip.astype(np.uint16)])
@@ -826,7 +893,7 @@ def load_truth(outdir):
 
 def main(argv=None):
     """Command line: ``python -m ccdflow.demo OUTDIR [--preset P] [--seed N] [--size NY NX]
-    [--camera STYLE] [--nights N] [--force]``."""
+    [--camera STYLE] [--nights N] [--dome-flats N] [--force]``."""
     parser = argparse.ArgumentParser(
         prog="python -m ccdflow.demo", description=__doc__.split("\n")[0]
     )
@@ -837,6 +904,9 @@ def main(argv=None):
     parser.add_argument("--camera", choices=list(CAMERAS), default="maxim", help="header style")
     parser.add_argument("--nights", type=int, default=1, help="nights the lights span (default 1)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty raw/ anyway")
+    parser.add_argument(
+        "--dome-flats", type=int, default=0, metavar="N", help="also N dome flats per filter"
+    )
     parser.add_argument(
         "--bad",
         action="append",
@@ -856,6 +926,8 @@ def main(argv=None):
         overrides["camera"] = args.camera
     if args.nights != 1:
         overrides["n_nights"] = args.nights
+    if args.dome_flats:
+        overrides["n_dome_flats"] = args.dome_flats
     try:
         if args.bad:
             overrides["bad_lights"] = tuple(_bad_arg(a) for a in args.bad)

@@ -20,8 +20,10 @@ is a duplicate: the first is used, the others are rejected as ``duplicate_of:<fi
 __all__ = [
     "DETECTOR_RANGES",
     "FIELDS",
+    "FLAT_KINDS",
     "Inventory",
     "exposure_label",
+    "flat_kind",
     "future_mtimes",
     "group_exposures",
     "rejection_summary",
@@ -64,6 +66,14 @@ DETECTOR_RANGES = {
     "gain": ("gain", "gain_range", (0.05, 50.0), "e-/ADU"),
     "rdnoise": ("read_noise", "read_noise_range", (0.1, 100.0), "e-"),
 }
+#: Kind of a flat by its IMAGETYP value (``inventory.flat_kinds``; the values are flats
+#: too): twilight (sky) flats carry the night sky's illumination, dome (lamp) flats the
+#: best pixel-to-pixel signal (`ccdflow.illumination`). Any other flat is
+#: ``'unspecified'``; other types have ``''``.
+FLAT_KINDS = {
+    "sky": ("skyflat", "twiflat", "sky flat", "twilight flat"),
+    "dome": ("domeflat", "dome flat", "lampflat"),
+}
 #: Types whose shutter is closed: FILTER means nothing for them.
 CLOSED_SHUTTER = ("bias", "dark")
 #: Columns of frames.tsv, in order.
@@ -71,6 +81,7 @@ COLUMNS = (
     "frame",
     "path",
     "imagetyp",
+    "flat_kind",
     "exptime",
     "expgroup",
     "filter",
@@ -320,12 +331,24 @@ def _binning(values, source):
 
 
 def _vocabulary(cfg):
-    """IMAGETYP value (lower case) -> canonical type."""
-    return {
-        v.strip().lower(): canonical
-        for canonical, names in cfg["imagetyp_values"].items()
-        for v in [*names, canonical]
-    }
+    """IMAGETYP value (lower case) -> canonical type (the flat kinds' values are flats)."""
+    out = {v.strip().lower(): "flat" for names in _flat_kinds(cfg).values() for v in names}
+    for canonical, names in cfg["imagetyp_values"].items():
+        out |= {v.strip().lower(): canonical for v in [*names, canonical]}
+    return out
+
+
+def _flat_kinds(cfg):
+    """IMAGETYP value (lower case) -> flat kind, from ``inventory.flat_kinds``."""
+    kinds = cfg.get("flat_kinds") or {}
+    return {k: [v.strip().lower() for v in kinds.get(k, d)] for k, d in FLAT_KINDS.items()}
+
+
+def flat_kind(raw_type, cfg):
+    """``'sky'``, ``'dome'`` or ``'unspecified'``: the kind of a flat whose IMAGETYP (or
+    filename-rule) value is ``raw_type`` (``inventory.flat_kinds``)."""
+    value = str(raw_type).strip().lower()
+    return next((k for k, vs in _flat_kinds(cfg).items() if value in vs), "unspecified")
 
 
 def _check_ranges(values, source, detector):
@@ -425,6 +448,7 @@ def _classify(rel, entry, cfg, vocabulary=None, detector=None):
     return {
         "path": rel,
         "imagetyp": imagetyp,
+        "flat_kind": flat_kind(raw_type, cfg) if imagetyp == "flat" else "",
         "exptime": 0.0 if imagetyp == "bias" else exptime,
         "filter_name": filt,
         "object_name": obj or ("unknown" if imagetyp == "light" else ""),

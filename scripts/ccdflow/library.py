@@ -29,6 +29,7 @@ IDENTITY = {
     "CALFILT": "filter of the master flat",
     "CALEXPG": "exposure group of the master dark",
     "CALTEMP": "median CCD temperature of the inputs (C)",
+    "CALFKIND": "sky or dome part of a combined flat",
 }
 
 _KINDS = {"MASTER_BIAS": "bias", "MASTER_DARK": "dark", "MASTER_FLAT": "flat"}
@@ -92,6 +93,11 @@ def _read(path, overscan, utc_offset_hours):
             "overscan_mismatch",
             f"made {made} overscan subtraction, this run has overscan.enabled "
             f"{str(bool(overscan)).lower()}",
+        )
+    if header.get("CALFKIND"):
+        return None, (
+            "flat_component",
+            f"the {header['CALFKIND']} part of a combined flat; the combination is used",
         )
     night = str(header.get("CALNIGHT", "") or "") or night_of(
         header.get("DATE-OBS", ""), utc_offset_hours

@@ -58,7 +58,12 @@ CALIBRATION_TABLE_COLUMNS = (
 )
 
 #: Reason codes of the frames the plan leaves out (``Plan.rejected``).
-REJECT_REASONS = ("no_matching_master", "missing_keyword:<KEY>", "too_few_frames")
+REJECT_REASONS = (
+    "no_matching_master",
+    "missing_keyword:<KEY>",
+    "too_few_frames",
+    "unspecified_flat_kind",
+)
 #: What to do with a frame no master can calibrate (``calibration.missing_master``).
 MISSING_MASTER_DEFAULT = "exclude"
 
@@ -84,6 +89,8 @@ class MasterSpec:
     temperature: float | None = None
     night: str = ""
     library_path: str = ""
+    flat_kind: str = ""
+    components: dict = field(default_factory=dict)
 
     @property
     def path(self):
@@ -91,13 +98,17 @@ class MasterSpec:
         return self.library_path or f"results/masters/{self.name}.fits"
 
     def identity(self):
-        """Header values that let a later run reuse this master (`ccdflow.library`)."""
+        """Header values that let a later run reuse this master (`ccdflow.library`).
+
+        ``CALFKIND`` marks the sky or dome part of a combined flat (``components``), which
+        no light uses directly."""
         return {
             "CCDSETUP": self.setup,
             "CALNIGHT": self.night,
             "CALFILT": self.filter,
             "CALEXPG": self.expgroup,
             "CALTEMP": None if self.temperature is None else round(float(self.temperature), 2),
+            "CALFKIND": self.flat_kind,
         }
 
 
@@ -218,6 +229,46 @@ def _by_night(specs, warnings):
         else:
             out[spec.night] = spec
     return out
+
+
+def _sky_and_dome(members, cfg, minimum, where, plan):
+    """``{'sky': [...], 'dome': [...]}`` when the flats of one master are to be made as a
+    sky and a dome master and combined (``calibration.illumination.enabled`` and at least
+    ``minimum`` flats of each kind), else None (one master of all of them).
+
+    Flats of neither kind among them are left out of both, with the reason
+    ``unspecified_flat_kind`` in ``plan.rejected``. Sky and dome flats mixed in one master
+    (the option off, or too few of one kind) is a warning."""
+    kinds = {k: [f for f in members if f.get("flat_kind") == k] for k in ("sky", "dome")}
+    if not (kinds["sky"] and kinds["dome"]):
+        return None
+    counts = f"{len(kinds['sky'])} sky and {len(kinds['dome'])} dome flats"
+    if not cfg.get("illumination", {}).get("enabled", False):
+        plan.warnings.append(
+            f"{where}: {counts} go into one master flat, though their illuminations "
+            "differ (the flat gates may leave one kind out as wrong_pattern); "
+            "calibration.illumination.enabled: true makes a master of each and gives the "
+            "lights the sky's low-order shape with the dome's pixel structure"
+        )
+        return None
+    if min(len(v) for v in kinds.values()) < minimum:
+        plan.warnings.append(
+            f"{where}: {counts}, fewer than calibration.min_frames.flat ({minimum}) of one "
+            "kind: one master of all of them, not the sky/dome combination"
+        )
+        return None
+    for f in members:
+        if f.get("flat_kind") not in kinds:
+            plan.rejected.append(
+                {
+                    "path": f["path"],
+                    "reason": "unspecified_flat_kind",
+                    "detail": f"{where} has sky and dome flats, combined "
+                    "(calibration.illumination); this flat is neither: name its IMAGETYP "
+                    "value in inventory.flat_kinds",
+                }
+            )
+    return kinds
 
 
 def make_plan(inventory, cfg, overscan=None, library=()):
@@ -398,18 +449,18 @@ def make_plan(inventory, cfg, overscan=None, library=()):
         for f in of["flat"] if cfg.get("use_flat", True) else []:
             flats.setdefault((night(f), f["filter"]), []).append(f)
         flat_specs = {}
-        for (n, filt), members in sorted(flats.items()):
-            if not enough(members, "flat", f"filter {filt} (setup {tag(setup, n)})"):
-                continue
-            bias = with_library(biases, lib_bias, members[0], n)[0]
+
+        def flat_master(name, members, n, filt, kind="", setup=setup, biases=biases, lib=lib_bias):
+            bias = with_library(biases, lib, members[0], n)[0]
             spec = MasterSpec(
                 "flat",
-                f"flat_{tag(setup, n)}_{filt}",
+                name,
                 setup,
                 members,
                 filter=filt,
                 bias=bias.name if bias else None,
                 night=n,
+                flat_kind=kind,
             )
             picks = [pick_dark(f)[:2] for f in members]
             chosen = {p[0].name for p in picks if p[0] is not None}
@@ -427,7 +478,21 @@ def make_plan(inventory, cfg, overscan=None, library=()):
                     for f in members
                 ]
             plan.masters[spec.name] = spec
-            flat_specs.setdefault(filt, {})[n] = spec
+            return spec
+
+        for (n, filt), members in sorted(flats.items()):
+            where = f"filter {filt} (setup {tag(setup, n)})"
+            if not enough(members, "flat", where):
+                continue
+            name = f"flat_{tag(setup, n)}_{filt}"
+            parts = _sky_and_dome(members, cfg, minimum["flat"], where, plan)
+            if parts is None:
+                flat_specs.setdefault(filt, {})[n] = flat_master(name, members, n, filt)
+                continue
+            sky, dome = (flat_master(f"{name}_{k}", parts[k], n, filt, k) for k in ("sky", "dome"))
+            combined = MasterSpec("flat", name, setup, [], filter=filt, night=n)
+            combined.components = {"sky": sky.name, "dome": dome.name}
+            plan.masters[name] = flat_specs.setdefault(filt, {})[n] = combined
 
         lib_flats = {}
         for spec in mine if cfg.get("use_flat", True) else []:

@@ -10,6 +10,7 @@ functions that need them.
 
 __all__ = [
     "calibration_table",
+    "combine_flat_file",
     "load_master",
     "make_master_file",
     "measure_detector_file",
@@ -95,6 +96,7 @@ def make_master_file(
     identity=None,
     gates=None,
     record=None,
+    illumination=None,
 ):
     """Combine raw frames ``[(path, hdu), ...]`` into the master ``output`` (FITS).
 
@@ -105,7 +107,10 @@ def make_master_file(
     ``calibration.gates`` thresholds (`ccdflow.calibrate.CALIBRATION_GATES`): a frame
     that fails one is left out, listed in the header (``EXCLnnn``) and in ``record``, the
     master's JSON record (every input frame: metrics, status, reason, value, threshold)
-    that `calibration_table` collects.
+    that `calibration_table` collects. ``illumination``: ``calibration.illumination`` when
+    it is enabled, else None: a flat's illumination model is fitted
+    (`ccdflow.illumination`), written as the ``ILLUM`` extension, summarised in the header,
+    the record and the log.
     """
     from ccdflow import calibrate
     from ccdflow.library import IDENTITY
@@ -137,12 +142,17 @@ def make_master_file(
         if i <= 999:
             master.header[f"IMSHA{i:03d}"] = (sha, "content fingerprint of input")
     unit = "adu" if kind != "flat" else ""
-    io.write_product(output, master.data, master.header, master.uncertainty, master.mask, unit)
+    fit = None
+    if kind == "flat" and illumination:
+        fit = _fit_illumination(master.data, master.mask, illumination, master.header, output)
+    _write_master(output, master.data, master.header, master.uncertainty, master.mask, unit, fit)
     if record:
         from ccdflow.framejob import write_json
 
         units = {"level": "adu", "noise": "adu", "saturated_fraction": "", "pattern_rms": ""}
         content = {"master": Path(output).stem, "kind": kind, "units": units}
+        if fit is not None:
+            content["illumination"] = _fit_summary(fit, illumination)
         write_json(record, content | {"frames": master.frames})
     log.info(
         "done in %.2f s: median %.4g, %s",
@@ -151,6 +161,122 @@ def make_master_file(
         ", ".join(f"{k}={master.header[k]}" for k in ("COMBMETH", "NCOMBINE")),
     )
     return master
+
+
+def _fit_illumination(data, mask, cfg, header, name):
+    """`ccdflow.illumination.fit_illumination` of a master flat with the configured degree
+    and block size; its figures go into ``header`` (in place) and the log."""
+    from ccdflow.illumination import fit_illumination
+
+    fit = fit_illumination(data, mask, degree=cfg["degree"], bin=cfg["bin"])
+    provenance.add_step(header, "ILLDEG", fit.degree)
+    provenance.add_step(header, "ILLBIN", int(cfg["bin"]))
+    provenance.add_step(header, "ILLRMS", round(fit.residual_rms, 6))
+    provenance.add_step(header, "ILLBRMS", round(fit.binned_residual_rms, 6))
+    coefficients = ", ".join(f"{k} {v:.5g}" for k, v in fit.coefficients.items())
+    log.info(
+        "illumination model of %s: degree %d on %d blocks of %d px (%d clipped); residual "
+        "rms %.4g (pixel structure and noise), block rms %.4g (shape not described); "
+        "coefficients in u, v = pixel x, y scaled to [-1, 1]: %s",
+        Path(name).name,
+        fit.degree,
+        fit.n_blocks,
+        cfg["bin"],
+        fit.n_rejected,
+        fit.residual_rms,
+        fit.binned_residual_rms,
+        coefficients,
+    )
+    return fit
+
+
+def _fit_summary(fit, cfg):
+    """The record's ``illumination`` entry: the fit's figures and coefficients."""
+    coords = "u = (x - (nx - 1) / 2) / ((nx - 1) / 2), v likewise in y; x, y 0-based px"
+    return fit.summary() | {"bin": int(cfg["bin"]), "coordinates": coords}
+
+
+def _write_master(output, data, header, unc, mask, unit, fit=None):
+    """Write a master; with an illumination ``fit``, its model is the ``ILLUM`` extension."""
+    if fit is None:
+        io.write_product(output, data, header, unc, mask, unit)
+        return
+    from astropy.io import fits
+
+    hdul = io.ccd_hdulist(data, header, unc, mask, unit)
+    ih = fits.Header()
+    for key in ("ILLDEG", "ILLBIN", "ILLRMS", "ILLBRMS"):
+        ih[key] = (header[key], provenance.KEYWORDS[key])
+    hdul.append(fits.ImageHDU(fit.model, header=ih, name="ILLUM"))
+    io.write_hdulist(output, hdul)
+
+
+def combine_flat_file(sky, dome, output, record, *, illumination, flat_floor=0.1, identity=None):
+    """The master flat of a filter with sky and dome flats: the dome master's pixel
+    structure with the sky master's low-order shape,
+    ``dome / model(dome) * model(sky)`` (`ccdflow.illumination.combine_sky_dome`),
+    normalised and floored as every master flat (central median 1, values below
+    ``flat_floor`` masked ``FLAT_LOW`` and set to 1).
+
+    The uncertainty is the dome's, scaled as its data; the mask the dome's (and the sky's
+    ``NODATA``). The header is the dome master's with ``ILLSKY``/``ILLDOME`` naming both;
+    ``record`` holds both fits and the combination's own (``illumination``), and its
+    model is the ``ILLUM`` extension.
+    """
+    from ccdflow import bits
+    from ccdflow.calibrate import _normalise_flat
+    from ccdflow.framejob import write_json
+    from ccdflow.illumination import combine_sky_dome
+    from ccdflow.library import IDENTITY
+
+    t0 = time.perf_counter()
+    s, d = load_master(sky), load_master(dome)
+    log.info("combined flat %s: the shape of %s with the pixels of %s", output, s.name, d.name)
+    flat, fits_of = combine_sky_dome(
+        d.data,
+        s.data,
+        dome_mask=d.mask,
+        sky_mask=s.mask,
+        degree=illumination["degree"],
+        bin=illumination["bin"],
+    )
+    for part, name in (("sky", s.name), ("dome", d.name)):
+        f = fits_of[part]
+        log.info(
+            "%s master %s: illumination residual rms %.4g, block rms %.4g",
+            part,
+            name,
+            f["residual_rms"],
+            f["binned_residual_rms"],
+        )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(d.data != 0, flat / d.data, 0).astype(np.float32)
+    unc = np.nan_to_num(d.uncertainty * np.abs(scale)).astype(np.float32)
+    mask = d.mask | (s.mask & bits.NODATA)
+    header = d.header.copy()
+    header.remove("CALFKIND", ignore_missing=True)
+    provenance.stamp(header, "MASTER_FLAT")
+    provenance.add_step(header, "ILLSKY", s.name)
+    provenance.add_step(header, "ILLDOME", d.name)
+    for key, value in (identity or {}).items():
+        if value not in (None, ""):
+            header[key] = (value, IDENTITY[key])
+    nused = ((mask & bits.NODATA) == 0).astype(np.int16)
+    data, mask = _normalise_flat(flat, unc, mask, nused, flat_floor, header)
+    fit = _fit_illumination(data, mask, illumination, header, output)
+    _write_master(output, data, header, unc, mask, "", fit)
+    units = {"level": "adu", "noise": "adu", "saturated_fraction": "", "pattern_rms": ""}
+    content = {"master": Path(output).stem, "kind": "flat", "units": units, "frames": []}
+    content["combination"] = {
+        "sky": Path(sky).stem,
+        "dome": Path(dome).stem,
+        "formula": "dome / model(dome) * model(sky), central median 1",
+        "sky_fit": fits_of["sky"],
+        "dome_fit": fits_of["dome"],
+    }
+    content["illumination"] = _fit_summary(fit, illumination)
+    write_json(record, content)
+    log.info("done in %.2f s", time.perf_counter() - t0)
 
 
 def _median(a):
@@ -425,19 +551,43 @@ CALIBRATION_COLUMNS = (
     "reason",
     "value",
     "threshold",
+    "illum_degree",
+    "illum_residual_rms",
+    "illum_binned_rms",
     "detail",
 )
 
 
 def calibration_table(records, output):
     """``results/qc/calibration.tsv`` from the masters' JSON records: every calibration
-    frame with its metrics (ADU; flats' pattern_rms relative) and whether it was combined."""
+    frame with its metrics (ADU; flats' pattern_rms relative) and whether it was combined;
+    with ``calibration.illumination``, the master flat's illumination fit (degree,
+    residual rms, block rms; fractions) on each of its rows, and one row (status
+    ``combined``) per sky/dome combination."""
     from ccdflow.inventory import write_tsv
 
     rows = []
     for path in records:
         rec = _read_selection(path)
-        rows += [{"master": rec["master"], **row} for row in rec["frames"]]
+        fit = rec.get("illumination")
+        illum = {}
+        if fit:  # the master flat's illumination model (calibration.illumination)
+            illum = {
+                "illum_degree": fit["degree"],
+                "illum_residual_rms": round(fit["residual_rms"], 6),
+                "illum_binned_rms": round(fit["binned_residual_rms"], 6),
+            }
+        rows += [{"master": rec["master"], **row, **illum} for row in rec["frames"]]
+        if "combination" in rec:  # a sky/dome combination: one row of its own
+            c = rec["combination"]
+            rows.append(
+                {
+                    "master": rec["master"],
+                    "status": "combined",
+                    "detail": f"pixel structure of {c['dome']}, low-order shape of {c['sky']}",
+                    **illum,
+                }
+            )
     write_tsv(output, rows, CALIBRATION_COLUMNS)
-    bad = [r for r in rows if r["status"] != "ok"]
+    bad = [r for r in rows if r["status"] not in ("ok", "combined")]
     log.info("%d calibration frames, %d left out of their masters", len(rows), len(bad))

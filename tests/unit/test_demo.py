@@ -502,3 +502,27 @@ def test_cli_camera_and_nights(tmp_path, capsys):
     assert {f["night"] for f in truth["frames"]} == {"2024-03-15", "2024-03-16"}
     with pytest.raises(SystemExit):
         demo.main([str(tmp_path / "b"), "--camera", "sbig"])
+
+
+def test_dome_flats_have_the_lamp_illumination_and_leave_the_other_pixels_alone(night, tmp_path):
+    dome = demo.make_night(tmp_path, preset="test", seed=SEED, n_dome_flats=3)
+    spec = dome["spec"]
+    files = {f["file"]: f for f in dome["frames"]}
+    assert {f["flat_kind"] for f in files.values() if f["type"] == "flat"} == {"sky", "dome"}
+    for f in night["frames"]:  # same pixels; the twilight flats now say they are sky flats
+        np.testing.assert_array_equal(
+            fits.getdata(night["raw_dir"] / f["file"]), fits.getdata(dome["raw_dir"] / f["file"])
+        )
+        if f["type"] == "flat":
+            assert fits.getheader(dome["raw_dir"] / f["file"])["IMAGETYP"] == "Sky Flat"
+    frame = files["domeflat_V_002.fits"]
+    assert fits.getheader(dome["raw_dir"] / frame["file"])["IMAGETYP"] == "Dome Flat"
+    data = fits.getdata(dome["raw_dir"] / frame["file"]).astype(np.float64)
+    signal = data - dome["bias"] - dome["dark_rate"] * frame["exptime"] / spec["gain"]
+    lamp = demo.dome_illumination(spec)
+    assert lamp[0, 0] == pytest.approx(1 - 0.12 + 0.08) and lamp[-1, -1] == pytest.approx(1.04)
+    ratio = signal * spec["gain"] / (dome["flat"]["V"] * lamp * frame["level_e"])
+    noise = 1 / math.sqrt(frame["level_e"])
+    assert abs(np.median(ratio) - 1) < noise and np.std(ratio - 1) < 1.3 * noise
+    with pytest.raises(ValueError, match="n_dome_flats"):
+        demo.NightSpec(camera="nameonly", n_dome_flats=1)

@@ -88,6 +88,33 @@ def test_vocabulary_is_configuration(tmp_path, cfg):
     assert frames["focus.fits"]["imagetyp"] == "light"
 
 
+def test_flat_kinds_are_kept_from_the_imagetyp_value(tmp_path, cfg):
+    values = {
+        "a.fits": ("SKYFLAT", "sky"),
+        "b.fits": ("Twilight Flat", "sky"),  # a flat only through inventory.flat_kinds
+        "c.fits": ("DomeFlat", "dome"),
+        "d.fits": ("lampflat", "dome"),
+        "e.fits": ("Flat Field", "unspecified"),
+        "f.fits": ("Light Frame", ""),
+    }
+    for name, (raw, _) in values.items():
+        write_frame(tmp_path / name, {"IMAGETYP": raw, "EXPTIME": 10.0, "FILTER": "V"})
+    frames, rejected = scan(tmp_path, cfg)
+    assert not rejected
+    assert {n: frames[n]["flat_kind"] for n in values} == {n: k for n, (_, k) in values.items()}
+    assert {frames[f"{n}.fits"]["imagetyp"] for n in "abcde"} == {"flat"}
+    assert "flat_kind" in inventory.COLUMNS
+    # the kinds are configuration: a camera's own word for its lamp flats
+    cfg["flat_kinds"]["dome"] = ["Screen Flat"]
+    write_frame(tmp_path / "g.fits", {"IMAGETYP": "Screen Flat", "EXPTIME": 1.0, "FILTER": "V"})
+    frames, rejected = scan(tmp_path, cfg)
+    assert frames["g.fits"]["flat_kind"] == "dome" and frames["g.fits"]["imagetyp"] == "flat"
+    assert frames["c.fits"]["flat_kind"] == "unspecified"  # DomeFlat: a flat, kind unknown
+    assert {
+        k: tuple(v) for k, v in CONFIG["inventory"]["flat_kinds"].items()
+    } == inventory.FLAT_KINDS
+
+
 def test_keyword_aliases_in_priority_order(tmp_path, cfg):
     write_frame(
         tmp_path / "both.fits",

@@ -190,3 +190,21 @@ def test_unusable_files_are_skipped_with_a_reason(tmp_path, lib):
     assert specs == [] and {r["reason"] for r in skipped} == {"overscan_mismatch"}
     with pytest.raises(FileNotFoundError, match="not a directory"):
         library.scan_library([tmp_path / "missing"])
+
+
+def test_the_sky_or_dome_part_of_a_combined_flat_is_skipped(tmp_path):
+    """Only the combination is a flat for lights; its parts (CALFKIND) are listed as
+    skipped, so a later run never takes a dome flat's illumination for the sky's."""
+    bias = _master(tmp_path, "bias", _identity(), 1000.0)
+    part = _master(
+        tmp_path, "flat", _identity(filt="V") | {"CALFKIND": "dome"}, 2e4, 2.0, "V", bias
+    )
+    specs, skipped = library.scan_library([tmp_path / "masters"])
+    assert [s.kind for s in specs] == ["bias"]
+    assert skipped == [
+        {
+            "path": str(part),
+            "reason": "flat_component",
+            "detail": "the dome part of a combined flat; the combination is used",
+        }
+    ]

@@ -455,3 +455,58 @@ def test_overscan_without_bias_after_overscan_uses_no_bias_frames():
     assert any("bias frames are not used" in w for w in p.warnings)
     p = plan.make_plan(inv, _cfg(), overscan={"enabled": True, "bias_after_overscan": True})
     assert p.lights["l0"]["bias"] == "bias_1x1_10x8"
+
+
+# --- sky and dome flats (calibration.illumination) ---------------------------------------
+
+
+def _sky_dome_night(n_sky=3, n_dome=3, n_plain=0):
+    return night(
+        rec("bias", n=3),
+        rec("flat", 1.0, "V", n=n_sky, flat_kind="sky"),
+        rec("flat", 5.0, "V", n=n_dome, start=10, flat_kind="dome"),
+        rec("flat", 2.0, "V", n=n_plain, start=20, flat_kind="unspecified"),
+        rec("flat", 1.0, "R", n=3, flat_kind="sky"),
+        rec("light", 60.0, "V", n=2),
+        rec("light", 60.0, "R", n=2),
+    )
+
+
+def test_sky_and_dome_flats_make_two_masters_and_their_combination(cal):
+    cal["illumination"]["enabled"] = True
+    p = plan.make_plan(_sky_dome_night(), cal)
+    name = f"flat_{SETUP}_V"
+    combined = p.masters[name]
+    assert combined.components == {"sky": f"{name}_sky", "dome": f"{name}_dome"}
+    assert combined.frames == [] and combined.identity()["CALFILT"] == "V"
+    sky, dome = p.masters[f"{name}_sky"], p.masters[f"{name}_dome"]
+    assert {f["flat_kind"] for f in sky.frames} == {"sky"} and len(sky.frames) == 3
+    assert {f["flat_kind"] for f in dome.frames} == {"dome"} and len(dome.frames) == 3
+    assert sky.identity()["CALFKIND"] == "sky" and sky.bias == f"bias_{SETUP}"
+    # the lights use the combination; R (sky flats only) is made as always
+    assert {row["flat"] for row in p.lights.values() if row["record"]["filter"] == "V"} == {name}
+    assert not p.masters[f"flat_{SETUP}_R"].components and f"flat_{SETUP}_R_sky" not in p.masters
+    assert not p.warnings and not p.rejected
+
+
+def test_mixed_flats_with_the_option_off_are_one_master_and_a_warning(cal):
+    p = plan.make_plan(_sky_dome_night(), cal)
+    spec = p.masters[f"flat_{SETUP}_V"]
+    assert len(spec.frames) == 6 and not spec.components
+    assert set(p.masters) == {f"bias_{SETUP}", f"flat_{SETUP}_V", f"flat_{SETUP}_R"}
+    (warning,) = p.warnings
+    assert "filter V" in warning and "3 sky and 3 dome" in warning
+    assert "calibration.illumination.enabled" in warning
+
+
+def test_too_few_of_one_kind_is_one_master_and_flats_of_no_kind_are_left_out(cal):
+    cal["illumination"]["enabled"] = True
+    p = plan.make_plan(_sky_dome_night(n_dome=2), cal)  # min_frames.flat is 3
+    assert len(p.masters[f"flat_{SETUP}_V"].frames) == 5
+    assert any("fewer than calibration.min_frames.flat" in w for w in p.warnings)
+    p = plan.make_plan(_sky_dome_night(n_plain=2), cal)
+    assert p.masters[f"flat_{SETUP}_V"].components
+    assert {r["reason"] for r in p.rejected} == {"unspecified_flat_kind"}
+    assert len(p.rejected) == 2 and "inventory.flat_kinds" in p.rejected[0]["detail"]
+    used = {f["path"] for m in p.masters.values() for f in m.frames}
+    assert not used & {r["path"] for r in p.rejected}

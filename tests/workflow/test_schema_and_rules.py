@@ -64,6 +64,27 @@ def test_quality_gate_defaults_are_the_library_defaults():
         assert gate.reason in schema[gate.key]["description"], gate.key
 
 
+def test_illumination_and_flat_kind_defaults_are_the_library_defaults():
+    """STYLE 16: calibration.illumination's degree and bin are fit_illumination's defaults
+    (config.yaml and schema), off by default; inventory.flat_kinds is FLAT_KINDS."""
+    import inspect
+
+    from ccdflow.illumination import fit_illumination
+    from ccdflow.inventory import FLAT_KINDS
+
+    defaults = inspect.signature(fit_illumination).parameters
+    schema = SCHEMA["properties"]["calibration"]["properties"]["illumination"]["properties"]
+    for key in ("degree", "bin"):
+        assert CONFIG["calibration"]["illumination"][key] == defaults[key].default, key
+        assert schema[key]["default"] == defaults[key].default, key
+    assert CONFIG["calibration"]["illumination"]["enabled"] is False
+    assert schema["enabled"]["default"] is False
+    kinds = SCHEMA["properties"]["inventory"]["properties"]["flat_kinds"]["properties"]
+    for kind, values in FLAT_KINDS.items():
+        assert tuple(CONFIG["inventory"]["flat_kinds"][kind]) == values, kind
+        assert tuple(kinds[kind]["default"]) == values, kind
+
+
 def test_rules_are_verb_object_and_have_their_script():
     assert {
         "make_master_bias",

@@ -1,6 +1,7 @@
 # Shared set-up: config validation, the inventory of raw_dir (parse time, cached), the
 # calibration plan, wildcard constraints and input functions. No rules here; the logic
 # lives in scripts/ccdflow.
+import re
 import sys
 import threading
 import time
@@ -67,6 +68,20 @@ except ccd_plan.PlanError as exc:
     ccd_inventory.write_tsv("results/index/rejected.tsv", INVENTORY.rejected, REJECTED_COLUMNS)
     ccd_inventory.write_tsv("results/index/frames.tsv", INVENTORY.frames, ccd_inventory.COLUMNS)
     raise WorkflowError(str(exc)) from None
+# calibration.illumination when enabled, else None (so its other keys rerun nothing)
+ILLUMINATION = (
+    config["calibration"]["illumination"]
+    if config["calibration"]["illumination"]["enabled"]
+    else None
+)
+# Tags of the master flats that are sky/dome combinations (a pattern that matches
+# nothing when there are none)
+COMBINED_FLAT_TAGS = (
+    "|".join(
+        re.escape(name.removeprefix("flat_")) for name, m in PLAN.masters.items() if m.components
+    )
+    or "(?!)"
+)
 REJECTED = INVENTORY.rejected + PLAN.rejected
 ccd_inventory.write_tsv("results/index/rejected.tsv", REJECTED, REJECTED_COLUMNS)
 REFERENCES = ccd_plan.choose_references(PLAN.lights, config["align"]["reference"])
@@ -279,6 +294,16 @@ def group_fingerprints(wildcards):
     return [PLAN.lights[f]["record"]["fingerprint"] for f in _members(wildcards)]
 
 
+def sky_dome_inputs(wildcards):
+    """Input function of combine_sky_dome_flat: the sky and the dome master flat."""
+    spec = _master("flat", wildcards)
+    return {part: _master_path(name) for part, name in spec.components.items()}
+
+
+def sky_dome_identity(wildcards):
+    return _master("flat", wildcards).identity()
+
+
 def master_records(wildcards):
     """Input function of collect_calibration_qc: the JSON record of every master made."""
     return [f"results/masters/{name}.json" for name in sorted(PLAN.masters)]
@@ -297,8 +322,9 @@ def detector_setups(wildcards=None):
             entry["bias"] = frames
             values = ccd_plan.detector(spec.frames[0], config["detector"])
             entry["header"] = {k: values[k] for k in ("gain", "read_noise")}
-        else:
-            entry["flats"][spec.filter] = frames
+        elif frames:  # sky and dome flats apart: their illuminations differ
+            key = f"{spec.filter}_{spec.flat_kind}" if spec.flat_kind else spec.filter
+            entry["flats"][key] = frames
     return {s: e for s, e in setups.items() if len(e["bias"]) >= 2}
 
 

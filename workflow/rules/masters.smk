@@ -66,9 +66,41 @@ rule make_master_flat:
         combine=config["combine"]["flat"],
         gates=config["calibration"]["gates"],
         floor=config["calibration"]["flat_floor"],
+        illumination=ILLUMINATION,
         version=VERSION,
     script:
         "../../scripts/make_master_flat.py"
+
+
+# With calibration.illumination on, a filter with sky and dome flats: the master its lights
+# use is the dome master's pixel structure with the sky master's low-order shape. Only
+# the tags of such combinations match (COMBINED_FLAT_TAGS; none when the option is off).
+ruleorder: combine_sky_dome_flat > make_master_flat
+
+
+rule combine_sky_dome_flat:
+    input:
+        unpack(sky_dome_inputs),
+    output:
+        master="results/masters/flat_{tag}.fits",
+        record="results/masters/flat_{tag}.json",
+    log:
+        "logs/combine_sky_dome_flat/{tag}.log",
+    benchmark:
+        "benchmarks/combine_sky_dome_flat/{tag}.tsv"
+    wildcard_constraints:
+        tag=COMBINED_FLAT_TAGS,
+    conda:
+        "../../envs/ccdflow.yaml"
+    resources:
+        mem_mb=2000,
+    params:
+        identity=sky_dome_identity,
+        illumination=ILLUMINATION,
+        floor=config["calibration"]["flat_floor"],
+        version=VERSION,
+    script:
+        "../../scripts/combine_sky_dome_flat.py"
 
 
 # Gain and read noise measured from pairs of the raw biases and flats, per setup, beside
