@@ -119,7 +119,10 @@ def _child(args):
         for r in readers:
             r.close()
     else:
-        calibrate.make_master(frames, "bias", COMBINE, mem_limit_mb=args.limit)
+        from ccdflow import combine
+
+        clip = combine.Clip(**COMBINE) if hasattr(combine, "Clip") else COMBINE  # (older: a dict)
+        calibrate.make_master(frames, "bias", clip, mem_limit_mb=args.limit)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     with open("/proc/self/io") as f:
         io1 = dict(line.split(": ") for line in f.read().splitlines())

@@ -367,7 +367,7 @@ def gate_calibration_frames(measures, kind, thresholds=None, names=None):
 def make_master(
     frames,
     kind,
-    combine,
+    clip,
     bias=None,
     dark=None,
     dark_scales=None,
@@ -384,9 +384,9 @@ def make_master(
     frames : list of (path, hdu)
         Raw input frames (ADU); never modified.
     kind : {'bias', 'dark', 'flat'}
-    combine : dict
-        ``method``, ``sigma_low``, ``sigma_high``, ``maxiters``, ``spread`` (and ``nlow``,
-        ``nhigh`` for minmax), passed to :func:`ccdflow.combine.combine_stack`.
+    clip : ccdflow.combine.Clip
+        How the frames are combined (`ccdflow.combine.Clip.from_config` of
+        ``combine.<kind>``).
     bias : Master, optional
         Subtracted from every input (darks, flats).
     dark : Master, optional
@@ -444,7 +444,6 @@ def make_master(
         nused = np.empty((ny, nx), np.int16)
         nsat = 0
         pair = np.empty((ny, nx), np.float32) if kind == "bias" and n >= 2 else None
-        params = {k: v for k, v in combine.items() if k != "method"}
         # The frames' rows of a band (bias and dark subtracted), one buffer for all
         # bands, handed to the kernel frame by frame (no stack is assembled).
         buffer = np.empty((n, min(step, ny) * nx), np.float32)
@@ -462,13 +461,7 @@ def make_master(
                     values[i] /= norm[i]
             if pair is not None:
                 np.subtract(values[1], values[0], out=pair[y0:y1])
-            combine_stack(
-                values,
-                masks,
-                **params,
-                method=combine["method"],
-                out=(data[y0:y1], unc[y0:y1], nused[y0:y1]),
-            )
+            combine_stack(values, masks, clip, out=(data[y0:y1], unc[y0:y1], nused[y0:y1]))
         del buffer, values, masks
         header = readers[0].header.copy()
         exptimes = [float(r.header.get("EXPTIME", r.header.get("EXPOSURE", 0.0))) for r in readers]
@@ -496,12 +489,12 @@ def make_master(
         header.remove(key, ignore_missing=True)
     provenance.stamp(header, f"MASTER_{kind.upper()}")
     provenance.add_inputs(header, [p for p, _ in frames])
-    provenance.add_step(header, "COMBMETH", combine["method"])
-    if combine["method"].startswith("sigma_clip"):
-        provenance.add_step(header, "CLIPLOW", combine.get("sigma_low", 3.0))
-        provenance.add_step(header, "CLIPHIGH", combine.get("sigma_high", 3.0))
-        provenance.add_step(header, "CLIPSIG", combine.get("spread", "winsorized"))
-        provenance.add_step(header, "CLIPITER", combine.get("maxiters", 5))
+    provenance.add_step(header, "COMBMETH", clip.method)
+    if clip.clips:
+        provenance.add_step(header, "CLIPLOW", clip.sigma_low)
+        provenance.add_step(header, "CLIPHIGH", clip.sigma_high)
+        provenance.add_step(header, "CLIPSIG", clip.spread)
+        provenance.add_step(header, "CLIPITER", clip.maxiters)
     if overscan:
         _record_overscan(header, overscan, readers)
     if bias is not None:

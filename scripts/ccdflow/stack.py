@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ccdflow import bits, provenance
-from ccdflow.combine import METHODS, SPREADS, band_rows, reject
+from ccdflow.combine import Clip, band_rows, reject
 from ccdflow.io import FrameError, ImageRows
 
 SCALES = ("none", "sky")
@@ -204,9 +204,10 @@ def _cleaned_mean(values, sigmas, cleaned):
     return mean.astype(np.float32), err.astype(np.float32), count
 
 
-def _combine_band(stack, unc, bad, weights, method, clip):
+def _combine_band(stack, unc, bad, weights, clip):
     """Combine one band (arrays are overwritten): data, propagated uncertainty, coverage."""
-    bad = reject(stack, bad, method, **clip)
+    bad = reject(stack, bad, clip)
+    method = clip.method
     nused = (~bad).sum(axis=0).astype(np.int16)
     covered = nused > 0
     unc[bad] = 0
@@ -238,13 +239,7 @@ def _combine_band(stack, unc, bad, weights, method, clip):
 def stack_files(
     paths,
     *,
-    method="sigma_clip",
-    sigma_low=3.0,
-    sigma_high=3.0,
-    maxiters=5,
-    spread="winsorized",
-    nlow=1,
-    nhigh=1,
+    clip=Clip(),
     scale="none",
     weight="none",
     reject_bits=ALL_BITS,
@@ -257,18 +252,11 @@ def stack_files(
     paths : sequence of path-like
         Products on a common grid (float32 data, ``UNCERT``, optional ``MASK``), all of
         the same shape and ``BUNIT`` (electrons for calibrated frames). Not modified.
-    method : str
-        One of :data:`ccdflow.combine.METHODS`: ``sigma_clip`` (clip around the median,
-        then mean of the survivors), ``sigma_clip_median``, ``median``, ``mean``,
-        ``minmax``.
-    sigma_low, sigma_high : float
-        Clipping thresholds in units of the spread (sigma methods).
-    maxiters : int
-        Maximum clipping iterations.
-    spread : {'winsorized', 'mad_std', 'std'}
-        Spread estimator of the clip.
-    nlow, nhigh : int
-        Values dropped per pixel by ``minmax`` (of those not masked).
+    clip : ccdflow.combine.Clip
+        The rejection and combination (`ccdflow.combine.Clip.split` of the ``stack``
+        configuration): ``sigma_clip`` (clip around the median, then mean of the
+        survivors), ``sigma_clip_median``, ``median``, ``mean``, ``minmax`` (of the
+        values not masked).
     scale : {'none', 'sky'}
         ``'sky'``: subtract each frame's sky level (sigma-clipped median of a strided
         row sample) and add the mean sky of all frames, before rejection. Additive only.
@@ -303,19 +291,14 @@ def stack_files(
     paths = [os.fspath(p) for p in paths]
     if not paths:
         raise ValueError("stack_files needs at least one input")
-    if method not in METHODS:
-        raise ValueError(f"combine method {method!r} is not one of {METHODS}")
-    if spread not in SPREADS:
-        raise ValueError(f"clip spread {spread!r} is not one of {SPREADS}")
     if scale not in SCALES:
         raise ValueError(f"scale {scale!r} is not one of {SCALES}")
     if weight not in WEIGHTS:
         raise ValueError(f"weight {weight!r} is not one of {WEIGHTS}")
-    if weight != "none" and method in ("median", "sigma_clip_median"):
-        raise ValueError(f"weight {weight!r} applies to mean-type methods, not {method!r}")
+    if weight != "none" and clip.method in ("median", "sigma_clip_median"):
+        raise ValueError(f"weight {weight!r} applies to mean-type methods, not {clip.method!r}")
     n = len(paths)
-    if method == "minmax" and nlow + nhigh >= n:
-        raise ValueError(f"minmax drops {nlow}+{nhigh} of only {n} frames")
+    clip.check(n)
 
     products = _open_all(paths)
     ny, nx = products[0].shape
@@ -332,14 +315,6 @@ def stack_files(
             weights = 1.0 / np.array([v for _, v in levels])
             weights /= weights.mean()
 
-    clip = dict(
-        sigma_low=sigma_low,
-        sigma_high=sigma_high,
-        maxiters=maxiters,
-        spread=spread,
-        nlow=nlow,
-        nhigh=nhigh,
-    )
     data = np.empty((ny, nx), np.float32)
     unc = np.empty((ny, nx), np.float32)
     coverage = np.empty((ny, nx), np.int16)
@@ -358,7 +333,7 @@ def stack_files(
         fallback = _cleaned_mean(values, sigmas, cleaned)
         values[bad] = 0  # masked values may be NaN; they are never used
         data[y0:y1], unc[y0:y1], coverage[y0:y1] = _combine_band(
-            values, sigmas, bad, weights, method, clip
+            values, sigmas, bad, weights, clip
         )
         if fallback is not None:
             use = (coverage[y0:y1] == 0) & (fallback[2] > 0)
@@ -369,11 +344,11 @@ def stack_files(
 
     mask = np.where(coverage == 0, bits.NOT_COVERED, 0).astype(bits.MASK_DTYPE)
     mask[from_cleaned] = bits.COSMIC
-    header = _header(products, method, clip, scale, weight, reject_bits, sky)
+    header = _header(products, clip, scale, weight, reject_bits, sky)
     return StackResult(data, unc, mask, coverage, header, sky=sky, weights=weights)
 
 
-def _header(products, method, clip, scale, weight, reject_bits, sky):
+def _header(products, clip, scale, weight, reject_bits, sky):
     header = products[0].header.copy()
     for key in _PER_FRAME_KEYS:
         header.remove(key, ignore_missing=True, remove_all=True)
@@ -385,15 +360,15 @@ def _header(products, method, clip, scale, weight, reject_bits, sky):
         header["EXPTIME"] = (float(np.mean(exptimes)), "[s] mean exposure of the inputs")
     provenance.stamp(header, "STACK")
     provenance.add_inputs(header, [p.path for p in products])
-    provenance.add_step(header, "COMBMETH", method)
-    if method.startswith("sigma_clip"):
-        provenance.add_step(header, "CLIPLOW", clip["sigma_low"])
-        provenance.add_step(header, "CLIPHIGH", clip["sigma_high"])
-        provenance.add_step(header, "CLIPSIG", clip["spread"])
-        provenance.add_step(header, "CLIPITER", clip["maxiters"])
-    if method == "minmax":
-        header["NLOW"] = (clip["nlow"], "lowest values dropped per pixel (minmax)")
-        header["NHIGH"] = (clip["nhigh"], "highest values dropped per pixel (minmax)")
+    provenance.add_step(header, "COMBMETH", clip.method)
+    if clip.clips:
+        provenance.add_step(header, "CLIPLOW", clip.sigma_low)
+        provenance.add_step(header, "CLIPHIGH", clip.sigma_high)
+        provenance.add_step(header, "CLIPSIG", clip.spread)
+        provenance.add_step(header, "CLIPITER", clip.maxiters)
+    if clip.method == "minmax":
+        header["NLOW"] = (clip.nlow, "lowest values dropped per pixel (minmax)")
+        header["NHIGH"] = (clip.nhigh, "highest values dropped per pixel (minmax)")
     scale_text = "additive: sky median to mean sky" if scale == "sky" else "none"
     provenance.add_step(header, "SCALEMTH", scale_text)
     if sky is not None:

@@ -113,6 +113,7 @@ def make_master_file(
     the record and the log.
     """
     from ccdflow import calibrate
+    from ccdflow.combine import Clip
     from ccdflow.library import IDENTITY
 
     t0 = time.perf_counter()
@@ -120,7 +121,7 @@ def make_master_file(
     master = calibrate.make_master(
         frames,
         kind,
-        combine,
+        Clip.from_config(combine),
         bias=load_master(bias) if bias else None,
         dark=load_master(dark) if dark else None,
         dark_scales=dark_scales,
@@ -340,6 +341,7 @@ def stack_file(selection_path, output, *, group, mem_limit_mb=2000, **params):
     from astropy.io import fits
 
     from ccdflow import stack
+    from ccdflow.combine import Clip
 
     selection = _read_selection(selection_path)
     chosen = selection["selected"]
@@ -349,7 +351,9 @@ def stack_file(selection_path, output, *, group, mem_limit_mb=2000, **params):
         provenance.add_step(header, "STKGROUP", group)
         _empty_product(output, header, selection, "stack")
         return
-    result = stack.stack_files([f["aligned"] for f in chosen], mem_limit_mb=mem_limit_mb, **params)
+    clip, rest = Clip.split(params)  # the stack configuration: the clip, scale, weight
+    paths = [f["aligned"] for f in chosen]
+    result = stack.stack_files(paths, clip=clip, mem_limit_mb=mem_limit_mb, **rest)
     header = result.header
     provenance.stamp(header, "STACK")
     provenance.add_step(header, "STKGROUP", group)

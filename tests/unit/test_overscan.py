@@ -5,6 +5,7 @@ import pytest
 
 from ccdflow import bits, demo
 from ccdflow.calibrate import make_master, prepare_raw
+from ccdflow.combine import Clip
 from ccdflow.frame import Frame
 from ccdflow.io import read_frame
 from ccdflow.sections import SectionError
@@ -25,7 +26,7 @@ def _frames(night, kind):
 def test_bias_after_overscan_recovers_the_residual_pattern(night):
     spec = night["spec"]
     frames = [(night["raw_dir"] / f["file"], 0) for f in _frames(night, "bias")]
-    master = make_master(frames, "bias", COMBINE, overscan=OVERSCAN)
+    master = make_master(frames, "bias", Clip.from_config(COMBINE), overscan=OVERSCAN)
     truth = night["bias"] - spec["bias_level"]  # the 2-D pattern the overscan cannot see
     assert master.data.shape == truth.shape  # trimmed to the image area
     # per-frame offsets and ramps are gone: only the mean of n frames' noise is left,

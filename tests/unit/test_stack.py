@@ -5,7 +5,7 @@ import pytest
 from astropy.io import fits
 
 from ccdflow import bits, io, stack
-from ccdflow.combine import combine_stack
+from ccdflow.combine import Clip, combine_stack
 from ccdflow.demo import render_stars
 from ccdflow.io import FrameError, read_product, write_product
 from ccdflow.stack import stack_files
@@ -127,7 +127,7 @@ def test_masks_are_honoured(tmp_path):
             mask[70, 5] |= bits.SATURATED  # excluded, but kept when not in reject_bits
         paths.append(_write(tmp_path, f"m{i}.fits", data, sigma, mask))
 
-    res = stack_files(paths, method="mean")  # masks alone, no rejection
+    res = stack_files(paths, clip=Clip(method="mean"))  # masks alone, no rejection
     assert (res.coverage[region] == 3).all()
     truth = np.mean([c[region] for c in clean[2:]], axis=0)  # the frames that have data
     np.testing.assert_allclose(res.data[region], truth, rtol=1e-6)
@@ -142,7 +142,9 @@ def test_masks_are_honoured(tmp_path):
     assert np.mean(clipped.data[region]) == pytest.approx(sky, abs=0.1 * sigma)
     assert clipped.mask[50, 60] == bits.NOT_COVERED and np.count_nonzero(clipped.mask) == 1
 
-    kept = stack_files(paths, method="mean", reject_bits=stack.ALL_BITS & ~int(bits.SATURATED))
+    kept = stack_files(
+        paths, clip=Clip(method="mean"), reject_bits=stack.ALL_BITS & ~int(bits.SATURATED)
+    )
     assert kept.coverage[70, 5] == n
     assert kept.header["REJBITS"] == stack.ALL_BITS & ~int(bits.SATURATED)
 
@@ -171,7 +173,7 @@ def test_a_pixel_only_cleaned_cosmic_rays_cover_takes_their_cleaned_value(tmp_pa
     assert single.data[5, 5] == 0 and single.mask[5, 5] == bits.NOT_COVERED
     assert np.count_nonzero(single.mask) == 3
 
-    pair = stack_files(paths, method="mean")
+    pair = stack_files(paths, clip=Clip(method="mean"))
     assert pair.data[20, 30] == pytest.approx((frames[0][0][20, 30] + frames[1][0][20, 30]) / 2)
     assert pair.uncertainty[20, 30] == pytest.approx(sigma / np.sqrt(2), rel=1e-6)
     assert pair.mask[20, 30] == bits.COSMIC
@@ -211,8 +213,8 @@ def test_bands_give_the_same_result_and_read_each_row_once(tmp_path, monkeypatch
 def test_inverse_variance_weights_beat_the_plain_mean_with_a_noisy_frame(tmp_path):
     sigma = np.array([10.0, 10.0, 10.0, 10.0, 50.0])
     paths = _noise_frames(tmp_path, 5, 100.0, sigma, seed=2)
-    plain = stack_files(paths, method="mean")
-    weighted = stack_files(paths, method="mean", weight="inverse_variance")
+    plain = stack_files(paths, clip=Clip(method="mean"))
+    weighted = stack_files(paths, clip=Clip(method="mean"), weight="inverse_variance")
 
     ideal = 1 / np.sqrt(np.sum(1 / sigma**2))
     assert np.std(plain.data) == pytest.approx(np.sqrt(np.sum(sigma**2)) / 5, rel=0.10)
@@ -231,8 +233,8 @@ def test_unweighted_stack_rejects_as_combine_stack_does(tmp_path, method):
     masks = np.where(rng.random(cube.shape) < 0.05, bits.BAD, 0).astype(bits.MASK_DTYPE)
     paths = [_write(tmp_path, f"e{i}.fits", cube[i], 10.0, masks[i]) for i in range(5)]
 
-    res = stack_files(paths, method=method)
-    data, _, nused = combine_stack(np.where(masks > 0, 0, cube), masks > 0, method=method)
+    res = stack_files(paths, clip=Clip(method=method))
+    data, _, nused = combine_stack(np.where(masks > 0, 0, cube), masks > 0, Clip(method=method))
     np.testing.assert_allclose(res.data, data, rtol=1e-6)
     np.testing.assert_array_equal(res.coverage, nused)
     assert res.header["COMBMETH"] == method
@@ -268,6 +270,6 @@ def test_inputs_without_uncertainty_or_with_bad_parameters_are_refused(tmp_path)
     with pytest.raises(FrameError, match=r"bare\.fits: no_uncertainty"):
         stack_files([*paths, bare])
     with pytest.raises(ValueError, match="mean-type"):
-        stack_files(paths, method="median", weight="inverse_variance")
+        stack_files(paths, clip=Clip(method="median"), weight="inverse_variance")
     with pytest.raises(ValueError, match="scale"):
         stack_files(paths, scale="flux")
