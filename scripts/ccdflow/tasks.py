@@ -367,11 +367,13 @@ def measure_detector_file(setups, output):
     for setup, spec in sorted(setups.items()):
         biases = [io.read_frame(p, h, fast=True)[0] for p, h in spec["bias"]]
         bias_pairs = list(zip(biases[0::2], biases[1::2], strict=False))
-        flat_pairs = []
+        flat_pairs, n_flats = [], 0
         for _filter, frames in sorted(spec.get("flats", {}).items()):
             read = [(p, io.read_frame(p, h, fast=True)[0]) for p, h in frames]
             flat_pairs += _pairs_by_level(read)
-        entry = {"n_bias": len(biases), "header": spec.get("header", {}), "warnings": []}
+            n_flats += len(read)
+        entry = {"n_bias": len(biases), "n_flats": n_flats, "header": spec.get("header", {})}
+        entry["warnings"] = []
         if not bias_pairs:
             entry["warnings"].append("fewer than two bias frames: nothing measured")
             out["setups"][setup] = entry
