@@ -142,6 +142,7 @@ def make_master_file(
         from ccdflow.framejob import write_json
 
         units = {"level": "adu", "noise": "adu", "saturated_fraction": "", "pattern_rms": ""}
+        units["outlier_fraction"] = ""  # of the sampled pixels (`calibrate._outlier_fractions`)
         content = {"master": Path(output).stem, "kind": kind, "units": units}
         write_json(record, content | {"frames": master.frames})
     log.info(
@@ -423,6 +424,7 @@ CALIBRATION_COLUMNS = (
     "noise",
     "saturated_fraction",
     "pattern_rms",
+    "outlier_fraction",
     "status",
     "reason",
     "value",
@@ -433,7 +435,8 @@ CALIBRATION_COLUMNS = (
 
 def calibration_table(records, output):
     """``results/qc/calibration.tsv`` from the masters' JSON records: every calibration
-    frame with its metrics (ADU; flats' pattern_rms relative) and whether it was combined."""
+    frame with its metrics (ADU; flats' pattern_rms relative; the fraction of its pixels
+    that are outliers against the rest of its group) and whether it was combined."""
     from ccdflow.inventory import write_tsv
 
     rows = []
