@@ -199,10 +199,10 @@ def test_a_light_leak_is_left_out_of_its_master_as_outliers_and_normal_frames_ar
     darks = [(raw / f["file"], 0) for f in truth["frames"] if f["type"] == "dark"]
     leaky = _light_leak(darks[0][0], tmp_path / "dark_leak.fits", 60.0)
     record = tmp_path / "dark.json"
-    master = make_master_file(
-        "dark", darks + [(leaky, 0)], tmp_path / "dark.fits", COMBINE, out / "bias.fits"
-    )
-    without = make_master_file("dark", darks, tmp_path / "dark0.fits", COMBINE, out / "bias.fits")
+    bias = out / "bias.fits"
+    frames = [*darks, (leaky, 0)]
+    master = make_master_file("dark", frames, tmp_path / "dark.fits", COMBINE, bias, record=record)
+    without = make_master_file("dark", darks, tmp_path / "dark0.fits", COMBINE, bias)
     rows = {r["frame"]: r for r in master.frames}
     bad = rows["dark_leak.fits"]
     assert (bad["status"], bad["reason"]) == ("rejected", "outliers"), bad
@@ -215,14 +215,6 @@ def test_a_light_leak_is_left_out_of_its_master_as_outliers_and_normal_frames_ar
     np.testing.assert_allclose(master.data, without.data, rtol=1e-6, atol=1e-6)
     assert master.header["NCOMBINE"] == len(darks)
     # the value is in the master's record and in calibration.tsv
-    make_master_file(
-        "dark",
-        darks + [(leaky, 0)],
-        tmp_path / "d.fits",
-        COMBINE,
-        out / "bias.fits",
-        record=record,
-    )
     calibration_table([record], tmp_path / "calibration.tsv")
     tsv = {r["frame"]: r for r in read_tsv(tmp_path / "calibration.tsv")}
     assert float(tsv["dark_leak.fits"]["outlier_fraction"]) == pytest.approx(bad["value"])
