@@ -106,7 +106,7 @@ def test_the_measured_gain_gives_the_uncertainty_plane_of_the_truth_the_header_d
     header, gain = _plane_over_truth(night["header"], night)
     assert gain == WRONG_GAIN
     assert abs(measured - 1) < 0.05, measured
-    assert abs(header - 1) > 0.2, header  # sqrt((rn^2 + 2 S) / (4 (S + rn^2))) ~ 0.71
+    assert abs(header - 1) > 0.15, header  # 0.79 on this night (sky-limited: 0.71)
     assert abs(measured - 1) < abs(header - 1)
 
 
