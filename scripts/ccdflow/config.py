@@ -129,8 +129,19 @@ def explain(error, schema):
         "minItems": lambda: f"has fewer than {expected} items",
         "maxItems": lambda: f"has more than {expected} items",
         "pattern": lambda: f"does not match the pattern {expected}",
+        "anyOf": lambda: "is not " + _alternatives(expected),
     }.get(kind, lambda: f"is not valid: {error.message}")()
     return f"config: {_dotted(path)} = {value!r} {what}{_description(schema, path)}"
+
+
+def _alternatives(schemas):
+    """``a number, 'header', 'measured' or null`` for the sub-schemas of an ``anyOf``."""
+    names = []
+    for sub in schemas:
+        kinds = sub.get("type", [])
+        names += [_TYPES.get(t, t) for t in ([kinds] if isinstance(kinds, str) else kinds)]
+        names += ["null" if v is None else repr(v) for v in sub.get("enum", [])]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _dotted(path):

@@ -29,7 +29,14 @@ stars, no match to the reference) is not an error: the record says ``rejected`` 
 reason code, and the group's selection step leaves it out.
 """
 
-__all__ = ["RECORD_VERSION", "choose_read_noise", "process_frame", "read_record", "write_json"]
+__all__ = [
+    "RECORD_VERSION",
+    "choose_read_noise",
+    "measured_detector",
+    "process_frame",
+    "read_record",
+    "write_json",
+]
 
 import json
 import logging
@@ -108,17 +115,75 @@ def _quantity(value, unit, source):
     return {"value": None if value is None else float(value), "unit": unit, "source": source}
 
 
-def _detector(calibration, read_noise, rn_source, unit):
-    """Detector values of the record: value, unit and where each came from."""
-    sources = calibration.get("detector_sources", {})
-    gain = calibration.get("gain")
-    return {
+def _detector(calibration, gain, read_noise, rn_source, unit, measured):
+    """Detector values of the record: value, unit and where each came from; a value taken
+    from detector.json (``measured``: name -> (source, uncertainty)) with its uncertainty."""
+    sources = calibration.get("detector_sources", {}) | {"read_noise": rn_source}
+    sources |= {k: v[0] for k, v in measured.items()}
+    out = {
         "gain": _quantity(gain, "electron/adu", sources.get("gain", "none")),
-        "read_noise": _quantity(read_noise, unit, rn_source),
+        "read_noise": _quantity(read_noise, unit, sources["read_noise"]),
         "saturation": _quantity(
             calibration.get("saturation"), "adu", sources.get("saturation", "none")
         ),
     }
+    for name, (_, err) in measured.items():
+        out[name]["uncertainty"] = err
+    return out
+
+
+def measured_detector(path, setup, wanted, raw=""):
+    """Gain and/or read noise of ``setup`` measured by measure_detector from frame pairs.
+
+    Parameters
+    ----------
+    path : path-like or None
+        ``results/qc/detector.json``; None when the setup has no measurement (fewer than
+        two biases: measure_detector does not measure it).
+    setup : str
+        The frame's detector setup.
+    wanted : sequence of {'gain', 'read_noise'}
+        What the configuration takes from the measurement (``detector.<key>: measured``).
+    raw : str
+        The frame, named in the error.
+
+    Returns
+    -------
+    dict
+        The setup's entry of detector.json (``gain``, ``gain_err`` e-/ADU,
+        ``read_noise_adu``, ``read_noise_adu_err`` ADU, ...).
+
+    Raises
+    ------
+    ccdflow.io.FrameError
+        Reason ``no_measured_detector`` (the frame is rejected, not the night), naming the
+        setup and the missing pairs.
+    """
+    keys = ", ".join(f"detector.{k}: measured" for k in wanted)
+    entry = None
+    if path is not None:
+        with open(path) as f:
+            entry = json.load(f)["setups"].get(setup)
+    missing = []
+    if entry is None or entry.get("read_noise_adu") is None:
+        n = 0 if entry is None else entry.get("n_bias", 0)
+        missing.append(f"no read noise: {n} bias frame(s) of setup {setup}, at least 2 needed")
+    if "gain" in wanted and (entry is None or entry.get("gain") is None):
+        n = 0 if entry is None else entry.get("n_flats", 0)
+        missing.append(
+            f"no gain: no pair of flats of one level (within 10 %) among the {n} flat(s)"
+            f" of setup {setup}"
+        )
+    if missing:
+        error = FrameError(
+            raw,
+            "no_measured_detector",
+            f"{keys}, but {path or 'results/qc/detector.json'} has {'; '.join(missing)}."
+            " Take pairs of biases and of flats, or set a number or header",
+        )
+        error.step = "detector"
+        raise error
+    return entry
 
 
 def choose_read_noise(value, source, measured_adu, gain, bias_name, max_ratio=1.5):
@@ -156,7 +221,7 @@ def choose_read_noise(value, source, measured_adu, gain, bias_name, max_ratio=1.
     return measured, f"measured:{bias_name} ({source} {value:.4g} disagreed)"
 
 
-def _calibrate(raw_path, hdu, masters, calibration, overscan, steps):
+def _calibrate(raw_path, hdu, masters, calibration, overscan, steps, detector_record):
     from ccdflow import calibrate
     from ccdflow.tasks import load_master
 
@@ -168,8 +233,24 @@ def _calibrate(raw_path, hdu, masters, calibration, overscan, steps):
         gain = calibration.get("gain")
         read_noise = calibration.get("read_noise")
         rn_source = calibration.get("detector_sources", {}).get("read_noise", "none")
+        wanted = calibration.get("measured", ())
+        measured = {}
+        if wanted:
+            m = measured_detector(detector_record, calibration.get("setup"), wanted, raw_path)
+            source = f"measured:{detector_record}"
+            if "gain" in wanted:
+                gain = m["gain"]
+                measured["gain"] = (source, m["gain_err"])
+            if "read_noise" in wanted:
+                # ADU, in electrons with the gain in use (measured or not)
+                g = 1.0 if gain is None else gain
+                read_noise = m["read_noise_adu"] * g
+                measured["read_noise"] = (source, m["read_noise_adu_err"] * g)
+                if "gain" in wanted and m.get("read_noise_e_err") is not None:
+                    measured["read_noise"] = (source, m["read_noise_e_err"])
         bias = loaded.get("bias")
-        if bias is not None and "RDNOISEM" in bias.header:
+        # (a read noise measured from the setup's bias pairs is not compared again)
+        if "read_noise" not in measured and bias is not None and "RDNOISEM" in bias.header:
             # measured from the bias pairs by make_master_bias (ADU)
             read_noise, rn_source = choose_read_noise(
                 read_noise,
@@ -200,7 +281,7 @@ def _calibrate(raw_path, hdu, masters, calibration, overscan, steps):
     provenance.add_step(header, "RAWFILE", Path(raw_path).name)
     if calibration.get("fingerprint"):
         provenance.add_step(header, "RAWSHA", calibration["fingerprint"])
-    detector = _detector(calibration, read_noise, rn_source, calibrated.unit)
+    detector = _detector(calibration, gain, read_noise, rn_source, calibrated.unit, measured)
     return calibrated, detector
 
 
@@ -310,6 +391,7 @@ def process_frame(
     reference,
     reference_record=None,
     overscan=None,
+    detector_record=None,
 ):
     """Run the per-frame chain of one light frame and write its three products.
 
@@ -327,7 +409,8 @@ def process_frame(
     calibration : dict
         ``gain`` (e-/ADU or None), ``read_noise`` (e-, or ADU without gain, or None),
         ``saturation`` (ADU), ``detector_sources`` (where each came from), ``dark_scale``,
-        ``fingerprint``, ``night``, ``candidates``.
+        ``fingerprint``, ``night``, ``candidates``; ``measured`` (``'gain'``,
+        ``'read_noise'``: taken from ``detector_record`` for ``setup``).
     cosmics, align : dict
         The ``cosmics`` and ``align`` configuration sections.
     reference : str
@@ -336,6 +419,10 @@ def process_frame(
         The reference's record (its star list); not needed by the reference itself.
     overscan : dict, optional
         The ``overscan`` configuration when it is enabled.
+    detector_record : path-like, optional
+        ``results/qc/detector.json`` when ``calibration['measured']`` names values taken
+        from it (`measured_detector`; a setup without the measurement rejects the frame,
+        reason ``no_measured_detector``).
 
     Returns
     -------
@@ -369,9 +456,11 @@ def process_frame(
         log.warning("%s excluded at %s: %s (%s)", frame, step, reason, detail)
 
     try:
-        calibrated, detector = _calibrate(raw, hdu, masters, calibration, overscan, steps)
+        calibrated, detector = _calibrate(
+            raw, hdu, masters, calibration, overscan, steps, detector_record
+        )
     except FrameError as exc:
-        reject("read", exc.reason, exc.detail or str(exc))
+        reject(getattr(exc, "step", "read"), exc.reason, exc.detail or str(exc))
         from ccdflow.io import Header
 
         header = Header()

@@ -353,11 +353,12 @@ def flat_kind(raw_type, cfg):
 
 def _check_ranges(values, source, detector):
     """Raise ValueError(reason, detail) for a header gain or read noise outside its sane
-    range (:data:`DETECTOR_RANGES`), unless ``detector`` (config) gives the value."""
+    range (:data:`DETECTOR_RANGES`), unless ``detector`` (config) gives the value or has
+    it ``measured``."""
     for name, (key, range_key, default, unit) in DETECTOR_RANGES.items():
         value = values[name]
-        if value is None or detector.get(key) is not None:
-            continue
+        if value is None or detector.get(key) not in (None, "header"):
+            continue  # a configured number, or measured from frame pairs: header unused
         low, high = detector.get(range_key) or default
         if not low <= value <= high:
             aliases = "/".join(source["aliases"][name])

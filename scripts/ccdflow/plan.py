@@ -25,8 +25,10 @@ __all__ = [
     "choose_dark",
     "choose_references",
     "detector",
+    "detector_sources",
     "frame_table",
     "make_plan",
+    "measured",
     "night_of",
 ]
 
@@ -553,11 +555,25 @@ def make_plan(inventory, cfg, overscan=None, library=()):
     return plan
 
 
+def _configured(cfg, key):
+    """``detector.<key>`` as the number it sets, or None (``header``, ``measured``, null)."""
+    value = cfg.get(key)
+    return None if value is None or isinstance(value, str) else value
+
+
+def measured(cfg):
+    """The detector values (``'gain'``, ``'read_noise'``) the configuration wants measured
+    from frame pairs (``results/qc/detector.json``) rather than read from the header."""
+    return tuple(k for k in ("gain", "read_noise") if cfg.get(k) == "measured")
+
+
 def detector(record, cfg):
     """Gain (e-/ADU), read noise (e-) and saturation (ADU) for a frame.
 
-    Configuration wins over the header; a read noise left as None is measured from the
-    bias pairs of the master bias when the frame is calibrated.
+    A number in the configuration wins over the header; ``header`` or null take the
+    header's value; ``measured`` gives None here (the frame job takes the value from
+    ``results/qc/detector.json``). A read noise left as None is measured from the bias
+    pairs of the master bias when the frame is calibrated.
 
     Parameters
     ----------
@@ -568,7 +584,9 @@ def detector(record, cfg):
     """
 
     def pick(key, field_name):
-        value = cfg.get(key)
+        if cfg.get(key) == "measured":
+            return None
+        value = _configured(cfg, key)
         return record.get(field_name) if value is None else value
 
     saturation = pick("saturation", "saturation")
@@ -583,10 +601,13 @@ def detector(record, cfg):
 
 def detector_sources(record, cfg):
     """Where each value of :func:`detector` comes from: ``'config'``, ``'header'``,
-    ``'header:DATAMAX'`` / ``'data type'`` (saturation), or ``'none'``."""
+    ``'measured'`` (resolved by the frame job), ``'header:DATAMAX'`` / ``'data type'``
+    (saturation), or ``'none'``."""
 
     def source(key, field_name):
-        if cfg.get(key) is not None:
+        if cfg.get(key) == "measured":
+            return "measured"
+        if _configured(cfg, key) is not None:
             return "config"
         return "header" if record.get(field_name) is not None else "none"
 

@@ -151,6 +151,7 @@ def make_master_file(
         from ccdflow.framejob import write_json
 
         units = {"level": "adu", "noise": "adu", "saturated_fraction": "", "pattern_rms": ""}
+        units["outlier_fraction"] = ""  # of the sampled pixels (`calibrate._outlier_fractions`)
         content = {"master": Path(output).stem, "kind": kind, "units": units}
         if fit is not None:
             content["illumination"] = _fit_summary(fit, illumination)
@@ -497,11 +498,13 @@ def measure_detector_file(setups, output):
     for setup, spec in sorted(setups.items()):
         biases = [io.read_frame(p, h, fast=True)[0] for p, h in spec["bias"]]
         bias_pairs = list(zip(biases[0::2], biases[1::2], strict=False))
-        flat_pairs = []
+        flat_pairs, n_flats = [], 0
         for _filter, frames in sorted(spec.get("flats", {}).items()):
             read = [(p, io.read_frame(p, h, fast=True)[0]) for p, h in frames]
             flat_pairs += _pairs_by_level(read)
-        entry = {"n_bias": len(biases), "header": spec.get("header", {}), "warnings": []}
+            n_flats += len(read)
+        entry = {"n_bias": len(biases), "n_flats": n_flats, "header": spec.get("header", {})}
+        entry["warnings"] = []
         if not bias_pairs:
             entry["warnings"].append("fewer than two bias frames: nothing measured")
             out["setups"][setup] = entry
@@ -551,6 +554,7 @@ CALIBRATION_COLUMNS = (
     "noise",
     "saturated_fraction",
     "pattern_rms",
+    "outlier_fraction",
     "status",
     "reason",
     "value",
@@ -564,10 +568,11 @@ CALIBRATION_COLUMNS = (
 
 def calibration_table(records, output):
     """``results/qc/calibration.tsv`` from the masters' JSON records: every calibration
-    frame with its metrics (ADU; flats' pattern_rms relative) and whether it was combined;
-    with ``calibration.illumination``, the master flat's illumination fit (degree,
-    residual rms, block rms; fractions) on each of its rows, and one row (status
-    ``combined``) per sky/dome combination."""
+    frame with its metrics (ADU; flats' pattern_rms relative; the fraction of its pixels
+    that are outliers against the rest of its group) and whether it was combined; with
+    ``calibration.illumination``, the master flat's illumination fit (degree, residual
+    rms, block rms; fractions) on each of its rows, and one row (status ``combined``)
+    per sky/dome combination."""
     from ccdflow.inventory import write_tsv
 
     rows = []

@@ -160,3 +160,14 @@ def test_detector_measured_from_pairs_beside_the_header(m51_run):
     assert 10 < entry["read_noise_adu"] < 15  # ADU, from the bias pair
     assert entry["read_noise_e"] == pytest.approx(entry["read_noise_adu"] * entry["gain"])
     assert any("gain" in w and "2.4" in w for w in entry["warnings"])
+
+
+def test_every_calibration_frame_passes_its_gates_with_few_outliers(m51_run):
+    # Real frames: three biases, darks and twilight flats, all combined. Their outlier
+    # fractions against the rest of their group (0 for the biases and flats, 0.1 % for
+    # the 300 s darks: cosmic rays and hot pixels) are far below the 2 % gate.
+    rows = read_tsv(m51_run / "results/qc/calibration.tsv")
+    assert len(rows) == 9
+    assert {r["status"] for r in rows} == {"ok"}, [r for r in rows if r["status"] != "ok"]
+    fractions = {r["frame"]: float(r["outlier_fraction"]) for r in rows}
+    assert max(fractions.values()) < 0.005, fractions

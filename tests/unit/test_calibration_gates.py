@@ -168,3 +168,74 @@ def test_tall_frames_are_measured_on_a_row_sample_that_agrees_with_every_row(
     assert sample["noise"] == pytest.approx(every["noise"], rel=0.1)
     assert sample["saturated_fraction"] == pytest.approx(every["saturated_fraction"], abs=1e-3)
     assert np.nanmax(np.abs(sample["pattern"] - every["pattern"])) < 0.01
+
+
+def _light_leak(path, out, amplitude, gain=1.5, seed=4):
+    """A copy of ``path`` with a light leak: a round blob of ``amplitude`` ADU (relative
+    to the frame's median when ``amplitude`` < 1) covering 10 % of the frame, with its
+    photon noise; it is smooth inside, so neighbour-difference noise hardly changes."""
+    from astropy.io import fits
+
+    data = fits.getdata(path).astype(np.float64)
+    ny, nx = data.shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    radius = np.sqrt(0.10 * ny * nx / np.pi)
+    inside = np.hypot(yy - 0.35 * ny, xx - 0.6 * nx) < radius
+    level = amplitude * np.median(data) if amplitude < 1 else amplitude
+    rng = np.random.default_rng(seed)
+    leak = np.where(inside, rng.poisson(level * gain, data.shape) / gain, 0.0)
+    fits.writeto(out, np.rint(data + leak).astype(np.uint16), fits.getheader(path))
+    return out
+
+
+def test_a_light_leak_is_left_out_of_its_master_as_outliers_and_normal_frames_are_not(
+    night, tmp_path
+):
+    """A dark with a bright blob over 10 % of the frame (60 ADU, 12 x the read noise)
+    passes every other gate (no saturation, its neighbour-difference noise barely grows);
+    the outlier fraction leaves it out, and the master dark is the one made without it."""
+    truth, out = night["truth"], night["out"]
+    raw = truth["raw_dir"]
+    darks = [(raw / f["file"], 0) for f in truth["frames"] if f["type"] == "dark"]
+    leaky = _light_leak(darks[0][0], tmp_path / "dark_leak.fits", 60.0)
+    record = tmp_path / "dark.json"
+    bias = out / "bias.fits"
+    frames = [*darks, (leaky, 0)]
+    master = make_master_file("dark", frames, tmp_path / "dark.fits", COMBINE, bias, record=record)
+    without = make_master_file("dark", darks, tmp_path / "dark0.fits", COMBINE, bias)
+    rows = {r["frame"]: r for r in master.frames}
+    bad = rows["dark_leak.fits"]
+    assert (bad["status"], bad["reason"]) == ("rejected", "outliers"), bad
+    assert bad["value"] == pytest.approx(0.10, abs=0.02) and bad["threshold"] == 0.02
+    # every other gate would have let it in
+    assert [g for g in calibrate.CALIBRATION_GATES["dark"] if g.reason != "outliers"]
+    good = [r for name, r in rows.items() if name != "dark_leak.fits"]
+    assert {r["status"] for r in good} == {"ok"}
+    assert max(r["outlier_fraction"] for r in good) < 0.01  # 5 x room to the limit
+    np.testing.assert_allclose(master.data, without.data, rtol=1e-6, atol=1e-6)
+    assert master.header["NCOMBINE"] == len(darks)
+    # the value is in the master's record and in calibration.tsv
+    calibration_table([record], tmp_path / "calibration.tsv")
+    tsv = {r["frame"]: r for r in read_tsv(tmp_path / "calibration.tsv")}
+    assert float(tsv["dark_leak.fits"]["outlier_fraction"]) == pytest.approx(bad["value"])
+    assert json.loads(record.read_text())["units"]["outlier_fraction"] == ""
+
+
+def test_a_flat_with_a_light_leak_is_left_out_and_has_outliers(night, tmp_path):
+    # a 5 % leak over 10 % of a flat: the pattern gate, first in the table, already names
+    # it (1.6 % rms > 1 %); its outlier fraction is over the limit too
+    leaky = _light_leak(night["good"][0][0], tmp_path / "flat_leak.fits", 0.05)
+    master = _flat(night, night["good"] + [(leaky, 0)], "flat_leak")
+    rows = {r["frame"]: r for r in master.frames}
+    assert rows["flat_leak.fits"]["status"] == "rejected"
+    assert rows["flat_leak.fits"]["outlier_fraction"] > 0.02
+    others = [r["outlier_fraction"] for n, r in rows.items() if n != "flat_leak.fits"]
+    assert max(others) < 0.004
+
+
+def test_the_outlier_fraction_needs_two_other_frames(night, tmp_path):
+    # with one other frame a defect of either shows in both: not measured, not gated
+    master = make_master_file("bias", night["biases"][:2], tmp_path / "b2.fits", COMBINE)
+    assert [r["outlier_fraction"] for r in master.frames] == [None, None]
+    master = make_master_file("bias", night["biases"][:3], tmp_path / "b3.fits", COMBINE)
+    assert all(r["outlier_fraction"] is not None for r in master.frames)

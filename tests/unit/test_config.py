@@ -16,8 +16,17 @@ def _message(**overrides):
 
 def test_wrong_type_names_key_value_expectation_and_description():
     text = _message(detector={"read_noise": "abc"})
-    assert text.startswith("config: detector.read_noise = 'abc' is not a number or null (")
+    expected = "is not a number, 'header', 'measured' or null ("
+    assert text.startswith(f"config: detector.read_noise = 'abc' {expected}")
     assert "Read noise (e-)" in text
+
+
+def test_the_detector_source_switch_takes_header_measured_or_a_number():
+    for value in ("header", "measured", None, 1.3):
+        assert config.load(overrides={"detector": {"gain": value}})["detector"]["gain"] == value
+    text = _message(detector={"gain": "measure"})
+    assert "detector.gain = 'measure' is not a number, 'header', 'measured' or null" in text
+    assert "detector.gain = 0 must be greater than 0" in _message(detector={"gain": 0})
 
 
 def test_unknown_key_is_named_with_the_known_ones():

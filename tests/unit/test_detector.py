@@ -2,6 +2,7 @@
 reported uncertainty covers the error, hot pixels and cosmic rays do not bias them, and a
 header value far from the measurement gives a warning naming both."""
 
+import json
 import math
 
 import numpy as np
@@ -113,3 +114,108 @@ def test_header_comparison_warns_with_both_values():
     assert compare_with_header("read noise", 5.0, None) is None
     with pytest.raises(ValueError, match="factor"):
         compare_with_header("gain", 1.0, 1.0, factor=0.5)
+
+
+def _detector_json(path, **entry):
+    path.write_text(json.dumps({"setups": {"1x1_64x48": entry}}))
+    return path
+
+
+def test_a_setup_without_flat_pairs_rejects_its_lights_naming_setup_and_pairs(tmp_path):
+    """``detector.gain: measured`` and no pair of flats of one level: the frame (not the
+    night) is rejected, reason no_measured_detector, the detail names the setup."""
+    from astropy.io import fits
+
+    from ccdflow.framejob import measured_detector, process_frame
+    from ccdflow.io import FrameError
+
+    no_gain = _detector_json(
+        tmp_path / "detector.json", n_bias=5, n_flats=3, read_noise_adu=4.0, gain=None
+    )
+    with pytest.raises(FrameError) as info:
+        measured_detector(no_gain, "1x1_64x48", ["gain"], "light.fits")
+    assert info.value.reason == "no_measured_detector"
+    assert "setup 1x1_64x48" in info.value.detail and "3 flat(s)" in info.value.detail
+    assert "pair of flats" in info.value.detail and "detector.gain: measured" in info.value.detail
+    # only the read noise wanted: the missing gain does not matter
+    entry = measured_detector(no_gain, "1x1_64x48", ["read_noise"])
+    assert entry["read_noise_adu"] == 4.0
+    with pytest.raises(FrameError, match="0 bias frame"):  # setup not measured at all
+        measured_detector(None, "1x1_64x48", ["read_noise"])
+
+    raw = tmp_path / "light.fits"
+    fits.writeto(raw, np.full((48, 64), 1200, np.uint16))
+    record = process_frame(
+        raw,
+        0,
+        frame="light",
+        group="g",
+        calibrated_path=tmp_path / "c.fits",
+        aligned_path=tmp_path / "a.fits",
+        record_path=tmp_path / "r.json",
+        masters={},
+        calibration={"measured": ["gain"], "setup": "1x1_64x48"},
+        cosmics={"enabled": False},
+        align={},
+        reference="light",
+        detector_record=no_gain,
+    )
+    assert (record["status"], record["reason"], record["failed_step"]) == (
+        "rejected",
+        "no_measured_detector",
+        "detector",
+    )
+    assert "1x1_64x48" in record["detail"]
+
+
+def test_measured_values_reach_the_record_with_unit_source_and_uncertainty(tmp_path):
+    from astropy.io import fits
+
+    from ccdflow.framejob import process_frame
+
+    path = _detector_json(
+        tmp_path / "detector.json",
+        n_bias=4,
+        n_flats=4,
+        gain=1.25,
+        gain_err=0.01,
+        read_noise_adu=4.0,
+        read_noise_adu_err=0.02,
+        read_noise_e=5.0,
+        read_noise_e_err=0.05,
+    )
+    raw = tmp_path / "light.fits"
+    fits.writeto(raw, np.full((48, 64), 1200, np.uint16))
+    record = process_frame(
+        raw,
+        0,
+        frame="light",
+        group="g",
+        calibrated_path=tmp_path / "c.fits",
+        aligned_path=tmp_path / "a.fits",
+        record_path=tmp_path / "r.json",
+        masters={},
+        calibration={"measured": ["gain", "read_noise"], "setup": "1x1_64x48", "gain": None},
+        cosmics={"enabled": False},
+        align={},
+        reference="light",
+        detector_record=path,
+    )
+    det = record["detector"]
+    source = f"measured:{path}"
+    assert det["gain"] == {
+        "value": 1.25,
+        "unit": "electron/adu",
+        "source": source,
+        "uncertainty": 0.01,
+    }
+    assert det["read_noise"] == {
+        "value": 5.0,
+        "unit": "electron",
+        "source": source,
+        "uncertainty": 0.05,
+    }
+    with fits.open(tmp_path / "c.fits") as hdul:
+        # no bias, no flat: 1200 ADU x 1.25 e-/ADU, noise sqrt(5^2 + 1500) e-
+        assert np.allclose(hdul[0].data, 1500)
+        assert np.allclose(hdul["UNCERT"].data, np.sqrt(25 + 1500), rtol=1e-5)

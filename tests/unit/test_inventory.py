@@ -206,6 +206,10 @@ def test_insane_header_gain_or_read_noise_rejects_the_frame(tmp_path, cfg, cards
     key = "gain" if "GAIN" in cards else "read_noise"
     frames, _ = scan(tmp_path, cfg, detector={**CONFIG["detector"], key: 2.0})
     assert list(frames) == ["a.fits"]  # a configured value is used, the header's ignored
+    frames, _ = scan(tmp_path, cfg, detector={**CONFIG["detector"], key: "measured"})
+    assert list(frames) == ["a.fits"]  # measured from frame pairs: the header's unused
+    _, rejected = scan(tmp_path, cfg, detector={**CONFIG["detector"], key: "header"})
+    assert rejected["a.fits"]["reason"] == reason  # "header" is null: checked
 
 
 def test_egain_is_read_before_a_gain_setting(tmp_path, cfg):

@@ -358,6 +358,21 @@ def test_detector_config_beats_header():
     assert plan.detector(record, {"gain": 0.8})["read_noise"] == 9.0
 
 
+def test_detector_source_header_is_null_and_measured_is_left_to_the_frame_job():
+    record = {"gain": 1.4, "rdnoise": 9.0, "saturation": None, "datamax": 65535.0}
+    header = {"gain": "header", "read_noise": "header"}
+    assert plan.detector(record, header) == plan.detector(record, dict.fromkeys(header))
+    assert plan.detector_sources(record, header)["gain"] == "header"
+    cfg = {"gain": "measured", "read_noise": 5.0}
+    assert plan.detector(record, cfg)["gain"] is None  # from detector.json at run time
+    assert plan.detector_sources(record, cfg) == {
+        "gain": "measured",
+        "read_noise": "config",
+        "saturation": "header or data type",
+    }
+    assert plan.measured(cfg) == ("gain",) and plan.measured(header) == ()
+
+
 def test_detector_saturation_falls_back_to_the_data_type_maximum(tmp_path):
     _write(tmp_path / "u16.fits", {"IMAGETYP": "light", "EXPTIME": 1.0, "FILTER": "V"})
     header = fits.Header({"IMAGETYP": "bias"})

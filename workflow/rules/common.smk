@@ -85,6 +85,10 @@ COMBINED_FLAT_TAGS = (
 REJECTED = INVENTORY.rejected + PLAN.rejected
 ccd_inventory.write_tsv("results/index/rejected.tsv", REJECTED, REJECTED_COLUMNS)
 REFERENCES = ccd_plan.choose_references(PLAN.lights, config["align"]["reference"])
+# detector values taken from results/qc/detector.json, and the configuration that gives
+# the values measure_detector compares its measurements with (the header's for these)
+MEASURED = ccd_plan.measured(config["detector"])
+HEADER_DETECTOR = config["detector"] | {k: "header" for k in MEASURED}
 
 
 ccd_inventory.write_tsv(
@@ -213,6 +217,9 @@ def frame_inputs(wildcards):
     reference = REFERENCES[wildcards.frame]
     if reference != wildcards.frame:
         out["reference_record"] = f"results/records/{reference}.json"
+    if MEASURED and row["record"]["setup"] in detector_setups():
+        # detector.gain / read_noise: measured (a new bias or flat reruns these frames)
+        out["detector"] = "results/qc/detector.json"
     return out
 
 
@@ -230,6 +237,8 @@ def frame_calibration(wildcards):
         "detector_sources": ccd_plan.detector_sources(record, config["detector"]),
         "read_noise_max_ratio": config["detector"]["read_noise_max_ratio"],
         "pixel_scale": config["detector"]["pixel_scale"],
+        "setup": record["setup"],
+        "measured": list(MEASURED),
     }
 
 
@@ -320,7 +329,7 @@ def detector_setups(wildcards=None):
         frames = [[str(RAW_DIR / f["path"]), f["hdu"]] for f in spec.frames]
         if spec.kind == "bias":
             entry["bias"] = frames
-            values = ccd_plan.detector(spec.frames[0], config["detector"])
+            values = ccd_plan.detector(spec.frames[0], HEADER_DETECTOR)
             entry["header"] = {k: values[k] for k in ("gain", "read_noise")}
         elif frames:  # sky and dome flats apart: their illuminations differ
             key = f"{spec.filter}_{spec.flat_kind}" if spec.flat_kind else spec.filter
