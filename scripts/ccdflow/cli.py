@@ -149,9 +149,7 @@ def _inspect(args):
             else f"reference chosen for quality among {min(n, len(members))} earliest"
         )
         print(f"  {name:36s} {len(members):4d} frames; {how}")
-    print(
-        "  (a set reduced before keeps the reference of its results/references/{set}.json)"
-    )
+    print("  (a set reduced before keeps the reference of its results/references/{set}.json)")
     print("\nlight frames -> bias, dark (scale), flat; alignment reference set:")
 
     def short(name):

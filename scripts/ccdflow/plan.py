@@ -26,8 +26,8 @@ __all__ = [
     "detector",
     "frame_table",
     "make_plan",
-    "reference_sets",
     "night_of",
+    "reference_sets",
 ]
 
 import datetime as _dt
@@ -564,7 +564,7 @@ def reference_sets(lights, mode="group", frames=()):
     """
     key = "object" if mode == "object" else "group"
     setups = {}
-    for frame, row in lights.items():
+    for row in lights.values():
         r = row["record"]
         setups.setdefault(r[key], set()).add(r["setup"])
     of, members = {}, {}

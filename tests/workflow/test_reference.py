@@ -41,7 +41,8 @@ def runs(tmp_path_factory):
         base / "night", bad_lights=(("cloudy", 0.1),), bad_lights_first=True, **NIGHT
     )
     cloudy = next(f for f in truth["frames"] if "defect" in f)
-    lights = sorted((f for f in truth["frames"] if f["type"] == "light"), key=lambda f: f["date_obs"])
+    lights = [f for f in truth["frames"] if f["type"] == "light"]
+    lights.sort(key=lambda f: f["date_obs"])
     assert lights[0]["file"] == cloudy["file"]  # the earliest frame of the group
     clean = base / "clean_raw"
     clean.mkdir()
