@@ -21,8 +21,8 @@ Each candidate's raw frame is read, overscan-subtracted and trimmed (the calibra
 frame's pixel grid), multiplied by the gain when it is known (electrons) and measured
 with `ccdflow.metrics.frame_metrics` (sep background, detections, PSF stars): no master
 is needed, so a new calibration frame never touches the reference. The bias, the dark
-current and the sky go with the background; hot pixels have fewer than ``min_area``
-connected pixels. The choice: the most detected sources, where counts within
+current and the sky go with the background; hot pixels are masked first (`_spikes`).
+The choice: the most detected sources, where counts within
 :data:`STAR_COUNT_TIE` of the most are a tie (their scatter is a few per cent, and
 cosmic rays are not cleaned here), broken by the smaller median FWHM, then by the
 earliest frame. A cloudy, defocused or trailed first frame therefore does not become the
@@ -58,7 +58,7 @@ import os
 
 import numpy as np
 
-from ccdflow import __version__
+from ccdflow import __version__, bits
 
 log = logging.getLogger("ccdflow")
 
@@ -110,6 +110,25 @@ def candidates(members, previous=None, n=10, override=None):
     return list(members[: max(int(n), 1)])
 
 
+def _spikes(data, mask):
+    """``mask`` with `ccdflow.bits.BAD` on point-like spikes (hot pixels, which a raw
+    frame keeps): pixels more than 5 sigma above the median of their 3 x 3 box and more
+    than 5 times as far above the frame's median level as that box median is. A star of
+    FWHM 3 px has its peak 1.4 times above its box median, one of 1.3 px still below 5
+    times. On the M51 raw frames this takes the detections from 530-570 (FWHM 0.83 px:
+    hot pixels) to 72-83 (FWHM 2.8-3.2 px), what their calibrated frames give (65-72,
+    2.9-3.2 px)."""
+    from scipy import ndimage
+
+    box = ndimage.median_filter(data, 3)
+    excess = data - box
+    sample = excess[::4, ::4]
+    rms = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    level = float(np.median(data[::4, ::4]))
+    spike = (excess > 5 * rms) & ((data - level) > 5 * (box - level))
+    return mask | np.where(spike, bits.BAD, 0).astype(mask.dtype)
+
+
 def _prepare(raw_path, hdu, overscan, saturation, gain):
     from ccdflow import calibrate
     from ccdflow.frame import read_raw
@@ -139,7 +158,7 @@ def measure(raw_path, hdu=0, *, overscan=None, saturation=None, gain=None):
     except FrameError as exc:
         out["error"] = f"{exc.reason}: {exc.detail or exc}"
         return out
-    q = metrics.frame_metrics(data, mask)  # as the frame job measures (and gates) a frame
+    q = metrics.frame_metrics(data, _spikes(data, mask))  # as the frame job measures a frame
     out.update(
         n_stars=q["n_stars"], fwhm_px=q["fwhm_px"], ellipticity=q["ellipticity"], sky=q["sky_e"]
     )
@@ -221,7 +240,7 @@ def choose_reference(name, frames, output, *, overscan=None, align=None, overrid
         chosen["raw"], chosen.get("hdu", 0), overscan, chosen.get("saturation"), chosen.get("gain")
     )
     stars = aln.star_list(data, mask, **align)
-    quality = metrics.frame_metrics(data, mask)
+    quality = metrics.frame_metrics(data, _spikes(data, mask))
     why = (
         "named by align.reference_frames"
         if override
