@@ -106,7 +106,11 @@ def test_stack_noise_matches_an_independent_plain_mean(run):
         f"aperture noise: stack {noise_stack:.1f}, plain mean {noise_plain:.1f}, "
         f"single {single:.1f} e-"
     )
-    assert noise_stack == pytest.approx(noise_plain, rel=0.05)
+    # The stack is never noisier than a plain mean by more than 5 %; the clip may make it
+    # quieter. Measured: 156.1 against 156.4 e- with M51_I_001 as the reference (the
+    # earliest frame), 128.0 against 136.4 with the reference chosen for quality (the
+    # grid, and so the sub-pixel phases of every resampling, differ).
+    assert 0.90 * noise_plain <= noise_stack <= 1.05 * noise_plain
     assert noise_stack < single / 2.5  # stacking 18 frames did reduce the noise
 
 
