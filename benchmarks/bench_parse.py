@@ -17,7 +17,7 @@ What it measures (medians of ``--repeat`` runs, each a fresh process, wall time)
   start-up cost of Snakemake itself, which we do not control.
 - ``ours_in_process``: in a fresh Python process, the exact calls ``common.smk`` makes
   (``inventory.scan`` with the warm cache, both ``write_tsv``, ``plan.make_plan``,
-  ``choose_references``, ``groups``), timed with ``perf_counter`` per step; also the
+  ``reference_sets``, ``groups``), timed with ``perf_counter`` per step; also the
   import time of ``ccdflow.inventory``/``ccdflow.plan``.
 
 DAG time is estimated as ``warm_dry_run - warm_list_rules``; our share of the parse is
@@ -185,7 +185,7 @@ inventory.write_tsv("results/index/rejected.tsv", inv.rejected, ("path", "reason
 t["write_tsv"] = time.perf_counter() - s
 s = time.perf_counter()
 p = plan.make_plan(inv, config["calibration"])
-refs = plan.choose_references(p.lights, config["align"]["reference"])
+refs = plan.reference_sets(p.lights, config["align"]["reference"])
 groups = p.groups()
 t["plan"] = time.perf_counter() - s
 t["import"] = t_import
@@ -224,7 +224,7 @@ def _profile(workdir, raw):
         )
         inventory.write_tsv("results/index/frames.tsv", inv.frames, inventory.COLUMNS)
         p = plan.make_plan(inv, config["calibration"])
-        plan.choose_references(p.lights, config["align"]["reference"])
+        plan.reference_sets(p.lights, config["align"]["reference"])
         p.groups()
 
     work()  # warm the cache

@@ -15,9 +15,8 @@ process_frame(
     masters={k: snakemake.input.get(k) for k in ("bias", "dark", "flat")},
     calibration=snakemake.params.calibration,
     cosmics=snakemake.params.cosmics,
-    align={k: v for k, v in snakemake.params.align.items() if k != "reference"},
-    reference=snakemake.params.reference,
-    reference_record=snakemake.input.get("reference_record"),
+    align=snakemake.params.align,
+    reference=snakemake.input.reference,
     overscan=snakemake.params.overscan,
     detector_record=snakemake.input.get("detector"),
 )

@@ -88,7 +88,6 @@ def calibrate_light(raw, out_dir, *, bias=None, dark=None, flat=None, dark_scale
         calibration={"dark_scale": dark_scale, **detector},
         cosmics={"enabled": False},
         align={},
-        reference=name,
     )
     return out_dir / f"{name}.calibrated.fits"
 

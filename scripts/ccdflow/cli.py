@@ -4,7 +4,8 @@
                      workflow (real Snakemake), print a summary against the truth;
 ``ccdflow night``    only generate a night (see ``ccdflow.demo``);
 ``ccdflow inspect``  what a run would do with a raw directory: the classified frames,
-                     the masters, and the masters and reference of every light frame;
+                     the masters, the alignment reference sets, and the masters and
+                     reference set of every light frame;
 ``ccdflow summary``  summarise the results of a run in a working directory.
 """
 
@@ -121,7 +122,13 @@ def _inspect(args):
         return 1
     for r in p.rejected:
         print(f"  rejected {r['path']}: {r['reason']} {r['detail']}")
-    refs = plan.choose_references(p.lights, cfg["align"]["reference"])
+    try:
+        refs, sets, chosen = plan.reference_sets(
+            p.lights, cfg["align"]["reference"], cfg["align"]["reference_frames"]
+        )
+    except plan.PlanError as exc:
+        print(f"\nconfiguration error: {exc}", file=sys.stderr)
+        return 2
     print("\nmasters to make:" if p.masters else "\nmasters to make: none")
     for m in p.masters.values():
         extra = f" (bias {m.bias}" + (f", dark {m.dark})" if m.dark else ")") if m.bias else ""
@@ -137,7 +144,17 @@ def _inspect(args):
         for r in skipped:
             print(f"  skipped {r['path']}: {r['detail']}")
     _print_objects_and_groups(p)
-    print("\nlight frames -> bias, dark (scale), flat; alignment reference:")
+    n = cfg["align"]["reference_candidates"]
+    print(f"\nalignment reference sets (align.reference: {cfg['align']['reference']}):")
+    for name, members in sets.items():
+        how = (
+            f"reference {chosen[name]} (align.reference_frames)"
+            if name in chosen
+            else f"reference chosen for quality among {min(n, len(members))} earliest"
+        )
+        print(f"  {name:36s} {len(members):4d} frames; {how}")
+    print("  (a set reduced before keeps the reference of its results/references/{set}.json)")
+    print("\nlight frames -> bias, dark (scale), flat; alignment reference set:")
 
     def short(name):
         return f"library:{Path(name).stem}" if name in p.library else name
@@ -145,7 +162,7 @@ def _inspect(args):
     for frame, use in sorted(p.lights.items()):
         bias, flat = short(use["bias"]) or "no bias", short(use["flat"]) or "no flat"
         dark = f"{short(use['dark'])} x{use['dark_scale']:.4g}" if use["dark"] else "no dark"
-        print(f"  {frame:32s} {bias}, {dark}, {flat}; ref {refs[frame]}")
+        print(f"  {frame:32s} {bias}, {dark}, {flat}; ref set {refs[frame]}")
     for w in p.warnings:
         print(f"warning: {w}")
     return 0

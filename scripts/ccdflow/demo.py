@@ -75,7 +75,9 @@ Bad lights (``NightSpec.bad_lights``)
 ------------------------------------
 Each ``(kind, value)`` entry adds one light frame to the first group (``light_exptimes[0]``,
 ``filters[0]``), numbered after its ``n_lights`` good ones and taken after the last light of
-the night (so never the alignment reference): ``("cloudy", t)`` multiplies the star fluxes by
+the night, or with ``bad_lights_first`` just before the first light of the night (so the
+earliest frame of its group is bad, and must not become the alignment reference):
+``("cloudy", t)`` multiplies the star fluxes by
 the transparency ``t`` (the sky stays); ``("seeing", k)`` has a FWHM of ``k * fwhm``;
 ``("trailed", L)`` smears every star along a line of ``L`` px (direction uniform in angle,
 the star's flux spread evenly over ``ceil(L) + 1`` Gaussians from ``-L/2`` to ``+L/2``).
@@ -240,6 +242,7 @@ class NightSpec:
     bad_lights: tuple[tuple[str, float], ...] = ()
     n_dome_flats: int = 0
     dome_illumination: tuple[float, float, float] = (0.12, -0.08, 0.0)
+    bad_lights_first: bool = False
 
     def __post_init__(self):
         # Accept lists (JSON, CLI) wherever a tuple is expected, so specs round-trip.
@@ -576,11 +579,16 @@ def _plan(spec, rng):
 
 
 def _bad_lights(spec, frames, rng):
-    """The `NightSpec.bad_lights` frames, after the last light (module docstring)."""
+    """The `NightSpec.bad_lights` frames, after the last light or before the first
+    (module docstring)."""
     t, f = spec.light_exptimes[0], spec.filters[0]
     last = frames[-1]
     clock = _dt.datetime.fromisoformat(last["date_obs"])
     clock += _dt.timedelta(seconds=last["exptime"] + _READOUT_S)
+    if spec.bad_lights_first:
+        last = next(fr for fr in frames if fr["type"] == "light")
+        clock = _dt.datetime.fromisoformat(last["date_obs"])
+        clock -= _dt.timedelta(seconds=len(spec.bad_lights) * (t + _READOUT_S))
     types = CAMERAS[spec.camera]["types"]
     prefix = "" if spec.camera == "nameonly" else "light_"
     out = []
@@ -914,6 +922,11 @@ def main(argv=None):
         metavar="KIND=VALUE",
         help="add a bad light frame, e.g. cloudy=0.3, seeing=2, trailed=8 (repeatable)",
     )
+    parser.add_argument(
+        "--bad-first",
+        action="store_true",
+        help="take the --bad frames before the first light, not after the last",
+    )
     args = parser.parse_args(argv)
     raw_dir = args.outdir / "raw"
     before = {p.name for p in raw_dir.iterdir()} if raw_dir.is_dir() else set()
@@ -931,6 +944,7 @@ def main(argv=None):
     try:
         if args.bad:
             overrides["bad_lights"] = tuple(_bad_arg(a) for a in args.bad)
+            overrides["bad_lights_first"] = args.bad_first
         dataclasses.replace(PRESETS[args.preset], **overrides)  # checked before writing
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The frame job: one light frame from raw to aligned in one process, and its record.
 
 Calibrate (overscan, bias, scaled dark, flat, gain), clean cosmic rays (astroscrappy),
-find its stars, register it onto its reference and resample it: all in memory, on
+find its stars, register it onto its reference (the star list of its reference set's
+file ``results/references/{set}.json``, `ccdflow.reference`) and resample it: all in memory, on
 :class:`ccdflow.frame.Frame` objects. Three files come out:
 
 - ``results/calibrated/{frame}.fits``: calibrated and cosmic-ray-cleaned, native pixels
@@ -12,8 +13,8 @@ find its stars, register it onto its reference and resample it: all in memory, o
   need from this one (detector values with units and their source, sky and noise,
   cosmic-ray counts, the star list, the transform, status and reason), the quality
   metrics (``metrics``: `ccdflow.metrics.frame_metrics` of the cleaned frame, in its data
-  unit, plus ``transparency`` against the reference's record through the alignment
-  matrix, 1 for the reference) and the time of each step. No job reads state back from
+  unit, plus ``transparency`` against the reference's catalogue in the reference file
+  through the alignment matrix) and the time of each step. No job reads state back from
   a header card; the aligned frame carries the main metrics as provenance cards.
 
 The metrics detect stars a second time (sep, as `ccdflow.align.star_list` does): the two
@@ -38,6 +39,7 @@ __all__ = [
     "write_json",
 ]
 
+import dataclasses
 import json
 import logging
 import os
@@ -324,23 +326,52 @@ def _metric_options(calibration):
     return {"pixel_scale": scale} if scale else {}
 
 
-def _transparency(quality, is_reference, result, ref):
+def _transparency(quality, result, ref_stars):
     """``transparency`` and ``n_transparency_stars`` of the record's metrics.
 
-    The reference is 1 by definition; another frame's stars are matched with the
-    reference record's through the alignment matrix (frame -> reference pixels). None
-    when the frame was not aligned or the reference has no metrics.
+    The frame's stars are matched with the reference's photometric catalogue
+    (``ref_stars``, `ccdflow.reference`: the reference's raw fluxes) through the
+    alignment matrix (frame -> reference pixels); the reference itself is measured the
+    same way (identity), so it reads about 1, not exactly. Without a reference file (the
+    frame is its own reference) 1 by definition. None when the frame was not aligned.
     """
     from ccdflow import metrics
 
     n = len(quality["stars"]["flux_e"])
-    if is_reference:
+    if ref_stars is None:
         return {"transparency": 1.0, "n_transparency_stars": n}
-    ref_stars = ((ref or {}).get("metrics") or {}).get("stars")
-    if result is None or not result.ok or not ref_stars:
+    if result is None or not result.ok or not ref_stars.get("x_px"):
         return {"transparency": None, "n_transparency_stars": 0}
     t = metrics.transparency(quality["stars"], ref_stars, result.matrix)
     return {"transparency": t["transparency"], "n_transparency_stars": t["n_matched"]}
+
+
+def _reference_unusable(result, stars, ref, path):
+    """The frame's failed match, blamed on the reference when it is the reference's fault.
+
+    A reference with fewer than 3 star-like sources cannot be matched by anything; a
+    frame that has at least twice the reference's star-like sources (and enough for
+    ``min_matches``) but does not match it is also the reference's failure (a cloudy or
+    defocused reference), not the frame's own. Otherwise the frame's result stands.
+    """
+    from ccdflow import align as aln
+
+    name = ref["reference"]
+    mine, theirs = len(stars["stars"]), len(ref["stars"]["stars"])
+    n_ref = ref["stars"]["n_starlike"]
+    if theirs < 3:
+        why = f"reference {name} has {n_ref} star-like sources in its raw frame ({path})"
+        return aln.AlignResult(False, "reference_unusable", why)
+    if result.ok or result.reason not in ("no_match", "few_matches", "hot_pixels_only"):
+        return result
+    if stars["n_starlike"] >= 2 * max(n_ref, 1) and mine >= 3:
+        why = (
+            f"{stars['n_starlike']} star-like sources here, {n_ref} in reference {name}"
+            f" ({path}): {result.reason} ({result.detail}); name another reference in"
+            " align.reference_frames"
+        )
+        return dataclasses.replace(result, reason="reference_unusable", detail=why)
+    return result
 
 
 #: Header cards of the aligned frame: keyword -> (metrics key, digits).
@@ -388,8 +419,7 @@ def process_frame(
     calibration,
     cosmics,
     align,
-    reference,
-    reference_record=None,
+    reference=None,
     overscan=None,
     detector_record=None,
 ):
@@ -413,10 +443,10 @@ def process_frame(
         ``'read_noise'``: taken from ``detector_record`` for ``setup``).
     cosmics, align : dict
         The ``cosmics`` and ``align`` configuration sections.
-    reference : str
-        Frame id of the alignment reference (``frame`` itself for the reference).
-    reference_record : path-like, optional
-        The reference's record (its star list); not needed by the reference itself.
+    reference : path-like, optional
+        The reference file of the frame's reference set (`ccdflow.reference`: the
+        chosen frame, its star list and photometric catalogue); None: the frame is its
+        own reference.
     overscan : dict, optional
         The ``overscan`` configuration when it is enabled.
     detector_record : path-like, optional
@@ -431,9 +461,12 @@ def process_frame(
     """
     from ccdflow import align as aln
     from ccdflow import metrics
+    from ccdflow.reference import read_reference
 
     steps = _Steps(frame)
     t_start = time.perf_counter()
+    ref = None if reference is None else read_reference(reference)
+    reference_frame = frame if ref is None else ref["reference"]
     record = {
         "record_version": RECORD_VERSION,
         "pipeline_version": __version__,
@@ -448,7 +481,7 @@ def process_frame(
         "masters": {k: (Path(p).name if p else None) for k, p in masters.items()},
         "dark_scale": calibration.get("dark_scale"),
         "night": calibration.get("night", ""),
-        "reference": reference,
+        "reference": reference_frame,
     }
 
     def reject(step, reason, detail):
@@ -484,11 +517,11 @@ def process_frame(
         quality = metrics.frame_metrics(cleaned.data, cleaned.mask, **_metric_options(calibration))
     record["sky"] = {"value": quality["sky_e"], "unit": cleaned.unit}
     record["sky_noise"] = {"value": quality["sky_noise_e"], "unit": cleaned.unit}
-    provenance.add_step(cleaned.header, "ALIGNREF", reference)
+    provenance.add_step(cleaned.header, "ALIGNREF", reference_frame)
     with steps("write calibrated"):
         cleaned.write(calibrated_path)
 
-    is_reference = frame == reference
+    is_reference = frame == reference_frame
     stars = None
     if record["status"] == "ok" or is_reference:
         with steps("stars"):
@@ -497,27 +530,26 @@ def process_frame(
             )
     record["stars"] = stars
 
-    result = ref = None
+    result = None
     if record["status"] == "ok":
         if is_reference:
             result = aln.AlignResult.identity()
             ref_shape = cleaned.shape
         else:
-            ref = read_record(reference_record)
-            ref_shape = tuple(ref["shape"] or ())
+            ref_shape = tuple(ref["shape"])
             record["reference_shape"] = list(ref_shape)
-            if not ref.get("stars"):
-                why = f"reference {reference} has no star list ({ref['reason']}: {ref['detail']})"
-                result = aln.AlignResult(False, "reference_unusable", why)
-            else:
-                with steps("match"):
+            with steps("match"):
+                if len(ref["stars"]["stars"]) >= 3:
                     result = aln.match(
                         stars, ref["stars"], **{k: align[k] for k in _MATCH_KEYS if k in align}
                     )
+                else:
+                    result = aln.AlignResult(False, "no_stars")
+                result = _reference_unusable(result, stars, ref, reference)
         if not result.ok:
             reject("align", result.reason, result.detail)
     record["alignment"] = None if result is None else result.as_dict()
-    quality |= _transparency(quality, is_reference, result, ref)
+    quality |= _transparency(quality, result, None if ref is None else ref["metrics"]["stars"])
     record["metrics"] = quality
 
     header = cleaned.header

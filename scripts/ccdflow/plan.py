@@ -23,13 +23,13 @@ __all__ = [
     "calibration_table",
     "candidates_text",
     "choose_dark",
-    "choose_references",
     "detector",
     "detector_sources",
     "frame_table",
     "make_plan",
     "measured",
     "night_of",
+    "reference_sets",
 ]
 
 import datetime as _dt
@@ -44,7 +44,7 @@ FRAME_TABLE_COLUMNS = (
     "dark",
     "dark_scale",
     "flat",
-    "reference",
+    "reference_set",
     "candidates",
 )
 #: Columns of calibration.tsv (one row per light frame).
@@ -55,7 +55,7 @@ CALIBRATION_TABLE_COLUMNS = (
     "dark",
     "dark_scale",
     "flat",
-    "reference",
+    "reference_set",
     "candidates",
 )
 
@@ -618,35 +618,66 @@ def detector_sources(record, cfg):
     return sources
 
 
-def choose_references(lights, mode="object"):
-    """Alignment reference of every light frame.
+def reference_sets(lights, mode="group", frames=()):
+    """The reference sets of the light frames: which frames share one alignment reference.
 
-    The reference is the earliest frame (by DATE-OBS, then frame id) of the frame's
-    stack group (``mode='group'``) or of its object across filters and exposures
-    (``mode='object'``, so that stacks of one target are registered to each other).
-    Frames that arrive later in the night never move it.
+    A set is the frames of one stack group (``mode='group'``) or of one object across
+    filters and exposures (``mode='object'``, so that stacks of one target are
+    registered to each other), of one detector setup (frames of different binning or
+    size cannot share a reference). Its name is the group or object, with ``+{setup}``
+    when the group or object spans several setups. `ccdflow.reference` chooses the
+    reference of each set among its earliest frames.
 
     Parameters
     ----------
     lights : dict
         ``Plan.lights``: frame id -> {"record": frames.tsv row, ...}.
-    mode : {'object', 'group'}
+    mode : {'group', 'object'}
+    frames : sequence of str
+        ``align.reference_frames``: frame ids or raw file names, each the reference of
+        its set.
 
     Returns
     -------
-    dict
-        frame id -> frame id of its reference.
+    (dict, dict, dict)
+        frame id -> set name; set name -> its frame ids, earliest first (DATE-OBS, then
+        id); set name -> the frame id named by ``frames``.
+
+    Raises
+    ------
+    PlanError
+        A name of ``frames`` that is no light frame, or two for one set.
     """
     key = "object" if mode == "object" else "group"
     setups = {}
-    for frame, row in lights.items():
+    for row in lights.values():
         r = row["record"]
-        # frames of different setups (binning, size) cannot share a reference
-        setups.setdefault((r[key], r["setup"]), []).append((r["date"], frame))
-    first = {k: min(v)[1] for k, v in setups.items()}
-    return {
-        frame: first[(row["record"][key], row["record"]["setup"])] for frame, row in lights.items()
-    }
+        setups.setdefault(r[key], set()).add(r["setup"])
+    of, members = {}, {}
+    for frame, row in sorted(lights.items(), key=lambda kv: (kv[1]["record"]["date"], kv[0])):
+        r = row["record"]
+        name = r[key] if len(setups[r[key]]) == 1 else f"{r[key]}+{r['setup']}"
+        of[frame] = name
+        members.setdefault(name, []).append(frame)
+    by_name = {}
+    for frame, row in lights.items():
+        by_name[frame] = by_name[row["record"]["path"]] = frame
+        by_name[row["record"]["path"].rsplit("/", 1)[-1]] = frame
+    overrides = {}
+    for name in frames:
+        if name not in by_name:
+            raise PlanError(
+                f"align.reference_frames: {name!r} is no light frame that can be reduced"
+                " (give a frame id or raw file name from results/index/frames.tsv)"
+            )
+        frame = by_name[name]
+        if of[frame] in overrides and overrides[of[frame]] != frame:
+            raise PlanError(
+                f"align.reference_frames: {overrides[of[frame]]!r} and {frame!r} are both in"
+                f" reference set {of[frame]!r}; name one reference per set"
+            )
+        overrides[of[frame]] = frame
+    return of, members, overrides
 
 
 def candidates_text(row, informative_only=False):
@@ -661,7 +692,9 @@ def candidates_text(row, informative_only=False):
 
 
 def calibration_table(plan, references):
-    """Rows of calibration.tsv: per light frame, its night, masters and the candidates."""
+    """Rows of calibration.tsv: per light frame, its night, masters and the candidates,
+    and its reference set (``references``: frame id -> set name, `reference_sets`; the
+    frame chosen is in ``results/references/{set}.json``)."""
     return [
         {
             "frame": frame,
@@ -670,7 +703,7 @@ def calibration_table(plan, references):
             "dark": row["dark"] or "",
             "dark_scale": round(row["dark_scale"], 6),
             "flat": row["flat"] or "",
-            "reference": references[frame],
+            "reference_set": references[frame],
             "candidates": candidates_text(row),
         }
         for frame, row in sorted(plan.lights.items())

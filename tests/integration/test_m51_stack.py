@@ -63,7 +63,9 @@ def test_all_frames_aligned_and_drift_recovered(run):
     shifts = np.array([[float(r["dx"]), float(r["dy"])] for r in qc])
     drift = np.hypot(*(shifts - shifts[0]).T).max()
     assert 2.0 < drift < 15.0  # the pointing drifts about 5 px over the hour
-    assert all(float(r["rms_residual"]) < 0.5 and int(r["n_matches"]) >= 6 for r in qc[1:])
+    ref = json.loads((run / f"results/references/{GROUP}.json").read_text())["reference"]
+    others = [r for r in qc if r["frame"] != ref]
+    assert all(float(r["rms_residual"]) < 0.5 and int(r["n_matches"]) >= 6 for r in others)
 
 
 def test_one_stack_with_provenance(run):
@@ -73,7 +75,10 @@ def test_one_stack_with_provenance(run):
         h = hdul[0].header
         assert h["NCOMBINE"] == 18 and h["NEXCLUDE"] == 0
         assert h["IMCMB018"].startswith("M51_I_")
-        assert h["ALIGNREF"] == "M51_I_001"
+        # the reference chosen for quality among the 10 earliest frames
+        doc = json.loads((run / f"results/references/{GROUP}.json").read_text())
+        assert h["ALIGNREF"] == doc["reference"]
+        assert [c["frame"] for c in doc["candidates"]] == [f"M51_I_{i:03d}" for i in range(1, 11)]
         assert h["DARKCORR"] == "dark_2x2_1092x736_300s.fits"
         assert hdul["COVERAGE"].data.max() == 18
     assert (run / f"results/qc/previews/{GROUP}.png").stat().st_size > 10_000
@@ -101,7 +106,11 @@ def test_stack_noise_matches_an_independent_plain_mean(run):
         f"aperture noise: stack {noise_stack:.1f}, plain mean {noise_plain:.1f}, "
         f"single {single:.1f} e-"
     )
-    assert noise_stack == pytest.approx(noise_plain, rel=0.05)
+    # The stack is never noisier than a plain mean by more than 5 %; the clip may make it
+    # quieter. Measured: 156.1 against 156.4 e- with M51_I_001 as the reference (the
+    # earliest frame), 128.0 against 136.4 with the reference chosen for quality (the
+    # grid, and so the sub-pixel phases of every resampling, differ).
+    assert 0.90 * noise_plain <= noise_stack <= 1.05 * noise_plain
     assert noise_stack < single / 2.5  # stacking 18 frames did reduce the noise
 
 

@@ -102,7 +102,7 @@ def test_per_frame_chains_are_bundled_into_few_slurm_jobs(slurm_run):
     groups = re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/group_frames_", log)
     singles = re.findall(r"slurm_logs/rule_process_frame/", log)
     assert not singles
-    # the frame jobs of a stack group are connected (through its reference's record): at
+    # the frame jobs of a stack group are connected (through its reference file): at
     # most one group job per stack group, and group-components 50 lets them share one
     assert 1 <= len(groups) <= 4
 

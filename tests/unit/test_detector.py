@@ -157,7 +157,7 @@ def test_a_setup_without_flat_pairs_rejects_its_lights_naming_setup_and_pairs(tm
         calibration={"measured": ["gain"], "setup": "1x1_64x48"},
         cosmics={"enabled": False},
         align={},
-        reference="light",
+        reference=None,  # the frame is its own reference
         detector_record=no_gain,
     )
     assert (record["status"], record["reason"], record["failed_step"]) == (
@@ -198,7 +198,7 @@ def test_measured_values_reach_the_record_with_unit_source_and_uncertainty(tmp_p
         calibration={"measured": ["gain", "read_noise"], "setup": "1x1_64x48", "gain": None},
         cosmics={"enabled": False},
         align={},
-        reference="light",
+        reference=None,  # the frame is its own reference
         detector_record=path,
     )
     det = record["detector"]

@@ -37,10 +37,13 @@ def jobs(frames=0, groups=0, qc=True, **extra):
     return {k: v for k, v in out.items() if v}
 
 
-def everything(night):
-    """Every job of the night: what a new bias or a library version change reruns."""
+def everything(night, references=0):
+    """Every job of the night that depends on a calibration: what a new bias reruns;
+    with ``references=4`` also the choice of the 4 groups' alignment references (which
+    depend on raw lights only): what a library version change reruns."""
     n_lights = len(list(night.raw.glob("light_*.fits")))
     return jobs(
+        choose_reference=references,
         frames=n_lights,
         groups=4,
         make_master_bias=1,
@@ -251,4 +254,4 @@ def test_library_version_change_reruns_what_it_affects(night, tmp_path):
         check=True,
     )
     planned = {k: v for k, v in planned_jobs(proc.stdout).items() if k != "all"}
-    assert planned == everything(night)
+    assert planned == everything(night, references=4)

@@ -37,7 +37,8 @@ def test_inspect_shows_classification_masters_and_choices(m51_dir):
     out = proc.stdout
     assert "27 frames" in out and "0 rejected" in out
     assert "dark_2x2_1092x736_300s x0.6667" in out  # the 300 s dark scaled to 200 s
-    assert out.count("; ref M51_I_001") == 18
+    assert out.count("; ref set M51_I_200") == 18
+    assert "18 frames; reference chosen for quality among 10 earliest" in out
 
 
 def test_inspect_explains_an_impossible_plan_and_a_bad_key(tmp_path):

@@ -1,6 +1,7 @@
 """Real Snakemake on a generated night in a temp dir: planned jobs, products, errors."""
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -47,6 +48,7 @@ def test_dry_run_plans_the_whole_night(run):
         "make_master_bias": 1,
         "make_master_dark": 1,
         "make_master_flat": 2,
+        "choose_reference": 4,
         "process_frame": 8,
         "select_frames": 4,
         "stack_group": 4,
@@ -121,7 +123,9 @@ def test_one_stack_per_group_with_provenance(run):
             h = hdul[0].header
             assert h["NCOMBINE"] == 2 and h["NEXCLUDE"] == 0
             assert h["STKGROUP"] == group
-            assert h["ALIGNREF"] == h["IMCMB001"].removesuffix(".fits")  # earliest frame
+            chosen = json.loads((work / f"results/references/{group}.json").read_text())
+            assert h["ALIGNREF"] == chosen["reference"]  # chosen for quality
+            assert f"{h['ALIGNREF']}.fits" in {h["IMCMB001"], h["IMCMB002"]}
             assert h["FLATCORR"].startswith("flat_1x1_128x96_")
             assert h["COMBMETH"] == "sigma_clip" and h["IMCMB001"].startswith("light_")
             assert hdul["COVERAGE"].data.max() == 2

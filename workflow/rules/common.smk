@@ -16,6 +16,7 @@ import ccdflow
 from ccdflow import inventory as ccd_inventory
 from ccdflow import library as ccd_library
 from ccdflow import plan as ccd_plan
+from ccdflow import reference as ccd_reference
 from ccdflow import sections as ccd_sections
 from ccdflow import select as ccd_select
 from ccdflow import workdir as ccd_workdir
@@ -84,7 +85,12 @@ COMBINED_FLAT_TAGS = (
 )
 REJECTED = INVENTORY.rejected + PLAN.rejected
 ccd_inventory.write_tsv("results/index/rejected.tsv", REJECTED, REJECTED_COLUMNS)
-REFERENCES = ccd_plan.choose_references(PLAN.lights, config["align"]["reference"])
+try:
+    REFERENCES, REFERENCE_SETS, REFERENCE_FRAMES = ccd_plan.reference_sets(
+        PLAN.lights, config["align"]["reference"], config["align"]["reference_frames"]
+    )
+except ccd_plan.PlanError as exc:
+    raise WorkflowError(str(exc)) from None
 # detector values taken from results/qc/detector.json, and the configuration that gives
 # the values measure_detector compares its measurements with (the header's for these)
 MEASURED = ccd_plan.measured(config["detector"])
@@ -131,6 +137,7 @@ for _path, _mtime in FUTURE.items():
 
 wildcard_constraints:
     tag=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
+    reference=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     frame=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     group=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
 
@@ -207,16 +214,14 @@ def _light(wildcards):
 
 
 def frame_inputs(wildcards):
-    """Input function of process_frame: the raw frame, its masters, and the record of its
-    alignment reference (which carries the reference's star list)."""
+    """Input function of process_frame: the raw frame, its masters, and the reference
+    file of its reference set (which carries the reference's star list)."""
     row = _light(wildcards)
     out = {"raw": _raw_inputs([str(RAW_DIR / row["record"]["path"])])}
     for kind in ("bias", "dark", "flat"):
         if row[kind]:
             out[kind] = _master_path(row[kind])
-    reference = REFERENCES[wildcards.frame]
-    if reference != wildcards.frame:
-        out["reference_record"] = f"results/records/{reference}.json"
+    out["reference"] = f"results/references/{REFERENCES[wildcards.frame]}.json"
     if MEASURED and row["record"]["setup"] in detector_setups():
         # detector.gain / read_noise: measured (a new bias or flat reruns these frames)
         out["detector"] = "results/qc/detector.json"
@@ -248,8 +253,66 @@ def frame_raw(wildcards):
     return RAW_DIR / _light(wildcards)["record"]["path"]
 
 
-def frame_reference(wildcards):
-    return REFERENCES[wildcards.frame]
+def frame_align(wildcards):
+    """The ``align`` configuration the frame job uses (the reference's choice is the
+    reference file's, so its keys are no rerun trigger of the frame jobs)."""
+    skip = ("reference", "reference_candidates", "reference_frames")
+    return {k: v for k, v in config["align"].items() if k not in skip}
+
+
+_CANDIDATES = {}
+
+
+def _reference_candidates(name):
+    """Candidate frame ids of reference set ``name``: those its existing file lists while
+    they are all still in the set, so new frames never move the reference (cached: the
+    file is read once per parse)."""
+    if name not in _CANDIDATES:
+        try:
+            members = REFERENCE_SETS[name]
+        except KeyError:
+            raise WorkflowError(f"no reference set {name} in {RAW_DIR}") from None
+        _CANDIDATES[name] = ccd_reference.candidates(
+            members,
+            ccd_reference.read_candidates(f"results/references/{name}.json"),
+            config["align"]["reference_candidates"],
+            REFERENCE_FRAMES.get(name),
+        )
+    return _CANDIDATES[name]
+
+
+def reference_inputs(wildcards):
+    """Input function of choose_reference: the raw frames of its candidates."""
+    frames = _reference_candidates(wildcards.reference)
+    return _raw_inputs([str(RAW_DIR / PLAN.lights[f]["record"]["path"]) for f in frames])
+
+
+def reference_frames(wildcards):
+    """The candidates as choose_reference measures them (their fingerprints: a candidate
+    re-copied with other bytes chooses again)."""
+    out = []
+    for frame in _reference_candidates(wildcards.reference):
+        record = PLAN.lights[frame]["record"]
+        values = ccd_plan.detector(record, config["detector"])
+        out.append(
+            {
+                "frame": frame,
+                "raw": str(RAW_DIR / record["path"]),
+                "hdu": record["hdu"],
+                "fingerprint": record["fingerprint"],
+                "gain": values["gain"],
+                "saturation": values["saturation"],
+            }
+        )
+    return out
+
+
+def reference_override(wildcards):
+    return wildcards.reference in REFERENCE_FRAMES
+
+
+def reference_detection(wildcards=None):
+    return {k: v for k, v in config["align"].items() if k in ccd_reference.DETECT_KEYS}
 
 
 def frame_group(wildcards):

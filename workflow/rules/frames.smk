@@ -1,5 +1,28 @@
-# One job per light frame: calibrate, clean cosmic rays, align, in one process; its
-# calibrated and aligned frames and its record. Then per group the selection step.
+# Per reference set (stack group, or object) the alignment reference, chosen for quality
+# among its earliest raw frames; one job per light frame: calibrate, clean cosmic rays,
+# align, in one process; its calibrated and aligned frames and its record. Then per group
+# the selection step.
+
+
+rule choose_reference:
+    input:
+        raw=reference_inputs,
+    output:
+        reference="results/references/{reference}.json",
+    log:
+        "logs/choose_reference/{reference}.log",
+    benchmark:
+        "benchmarks/choose_reference/{reference}.tsv"
+    conda:
+        "../../envs/ccdflow.yaml"
+    params:
+        frames=reference_frames,
+        override=reference_override,
+        detection=reference_detection,
+        overscan=OVERSCAN,
+        version=VERSION,
+    script:
+        "../../scripts/choose_reference.py"
 
 
 rule process_frame:
@@ -21,9 +44,8 @@ rule process_frame:
         raw=frame_raw,
         calibration=frame_calibration,
         cosmics=config["cosmics"],
-        align=config["align"],
+        align=frame_align,
         overscan=OVERSCAN,
-        reference=frame_reference,
         group=frame_group,
         version=VERSION,
     script:
