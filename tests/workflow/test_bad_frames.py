@@ -2,12 +2,13 @@
 
 One generated group (256x256, V, 60 s) of four good lights and three bad ones, injected
 by the generator with their truth (`ccdflow.demo` ``bad_lights``): a cloudy frame
-(transparency 0.3), one with doubled seeing and one trailed by 8 px. The night is
-reduced twice: as it is, and without the three bad files (the generator draws them from
-their own random stream, so every other raw file is the same). The selection must leave
-out exactly the bad frames, each with its reason, the value measured and the threshold,
-in results/qc/frames.tsv and the stack header; and the stacks of the two runs must be
-equal, array for array.
+(transparency 0.3), one with doubled seeing and one trailed by 8 px; and one bad flat
+(10 % of its pixels saturated). The night is reduced twice: as it is, and without the
+four bad files (the generator draws the bad lights from their own random stream, so every
+other raw file is the same). The selection must leave out exactly the bad lights and the
+master flat exactly the bad flat, each with its reason, the value measured and the
+threshold, in results/qc/frames.tsv or results/qc/calibration.tsv and the stack or master
+header; and the stacks of the two runs must be equal, array for array.
 """
 
 import shutil
@@ -46,7 +47,15 @@ def runs(tmp_path_factory):
     for path in truth["raw_dir"].iterdir():
         if path.name not in bad:
             shutil.copy2(path, clean / path.name)
+    # the bad flat: a good flat's header, 10 % of its pixels at the saturation level
+    good = next(f for f in truth["frames"] if f["type"] == "flat")
+    with fits.open(truth["raw_dir"] / good["file"]) as hdul:
+        data, header = hdul[0].data.copy(), hdul[0].header.copy()
+    data[np.random.default_rng(2).random(data.shape) < 0.1] = truth["spec"]["saturation"]
+    bad_flat = truth["raw_dir"] / "flat_V_bad_saturated.fits"
+    fits.writeto(bad_flat, data, header)
     out = {"truth": truth, "bad": {name.removesuffix(".fits"): f for name, f in bad.items()}}
+    out["bad_flat"] = bad_flat.name
     for name, raw in (("with", truth["raw_dir"]), ("without", clean)):
         work = base / name
         work.mkdir()
@@ -81,6 +90,20 @@ def test_bad_frames_are_excluded_with_reason_value_and_threshold(runs):
             assert float(row["transparency"]) == pytest.approx(1.0, abs=0.05)
             assert float(row["ellipticity"]) < 0.15
             assert float(row["fwhm_px"]) == pytest.approx(3.0, rel=0.1)  # demo FWHM
+
+
+def test_the_bad_flat_is_left_out_of_its_master_with_reason_and_value(runs):
+    rows = read_tsv(runs["with"] / "results/qc/calibration.tsv")
+    row = next(r for r in rows if r["frame"] == runs["bad_flat"])
+    assert (row["status"], row["reason"]) == ("rejected", "saturated"), row
+    assert float(row["value"]) == pytest.approx(0.1, abs=0.01)
+    assert float(row["threshold"]) == 0.01
+    others = [r for r in rows if r["frame"] != runs["bad_flat"]]
+    assert others and {r["status"] for r in others} == {"ok"}
+    master = fits.getheader(runs["with"] / "results/masters" / f"{row['master']}.fits")
+    cards = [str(master[k]) for k in master if k.startswith("EXCL") and k[4:].isdigit()]
+    assert master["NEXCLUDE"] == 1 and len(cards) == 1, cards
+    assert cards[0].startswith(f"{runs['bad_flat']}: saturated "), cards
 
 
 def test_stack_header_lists_the_exclusions(runs):
