@@ -19,4 +19,5 @@ make_master_file(
     fingerprints=snakemake.params.fingerprints,
     identity=snakemake.params.identity,
     overscan=snakemake.params.overscan,
+    badpix=snakemake.params.badpix,
 )

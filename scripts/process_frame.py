@@ -19,4 +19,5 @@ process_frame(
     reference=snakemake.params.reference,
     reference_record=snakemake.input.get("reference_record"),
     overscan=snakemake.params.overscan,
+    user_map=snakemake.params.user_map,
 )

@@ -156,9 +156,9 @@ def choose_read_noise(value, source, measured_adu, gain, bias_name, max_ratio=1.
     return measured, f"measured:{bias_name} ({source} {value:.4g} disagreed)"
 
 
-def _calibrate(raw_path, hdu, masters, calibration, overscan, steps):
+def _calibrate(raw_path, hdu, masters, calibration, overscan, steps, user_map=None):
     from ccdflow import calibrate
-    from ccdflow.tasks import load_master
+    from ccdflow.tasks import load_master, read_user_map
 
     with steps("read"):
         raw = read_raw(raw_path, hdu)
@@ -188,6 +188,16 @@ def _calibrate(raw_path, hdu, masters, calibration, overscan, steps):
             gain=gain,
             read_noise=read_noise,
         )
+        if user_map:
+            try:
+                user = read_user_map(user_map, calibrated.shape, Path(raw_path).name)
+            except FrameError as exc:
+                exc.step = "calibrate"
+                raise
+            mask = calibrated.mask.copy()
+            mask[user] |= bits.BAD
+            calibrated = calibrated.replace(mask=mask)
+            provenance.add_step(calibrated.header, "USERBPM", Path(user_map).name)
     header = calibrated.header
     if read_noise is not None:
         provenance.add_step(header, "RDNOISE", round(float(read_noise), 4))
@@ -310,6 +320,7 @@ def process_frame(
     reference,
     reference_record=None,
     overscan=None,
+    user_map=None,
 ):
     """Run the per-frame chain of one light frame and write its three products.
 
@@ -336,6 +347,10 @@ def process_frame(
         The reference's record (its star list); not needed by the reference itself.
     overscan : dict, optional
         The ``overscan`` configuration when it is enabled.
+    user_map : path-like, optional
+        ``badpix.user_map``: a FITS image of the calibrated frame's shape whose non-zero
+        pixels get ``bits.BAD``; of another shape, the frame is rejected (reason
+        ``user_map_shape``, naming the map and both shapes).
 
     Returns
     -------
@@ -369,9 +384,11 @@ def process_frame(
         log.warning("%s excluded at %s: %s (%s)", frame, step, reason, detail)
 
     try:
-        calibrated, detector = _calibrate(raw, hdu, masters, calibration, overscan, steps)
+        calibrated, detector = _calibrate(
+            raw, hdu, masters, calibration, overscan, steps, user_map
+        )
     except FrameError as exc:
-        reject("read", exc.reason, exc.detail or str(exc))
+        reject(getattr(exc, "step", "read"), exc.reason, exc.detail or str(exc))
         from ccdflow.io import Header
 
         header = Header()
@@ -387,6 +404,10 @@ def process_frame(
     record["shape"] = [int(s) for s in calibrated.shape]
     record["detector"] = detector
     record["saturated_pixels"] = int(np.count_nonzero(calibrated.mask & bits.SATURATED))
+    record["defect_pixels"] = {
+        name: int(np.count_nonzero(calibrated.mask & getattr(bits, name)))
+        for name in ("HOT", "DEAD", "BAD_COLUMN")
+    }
 
     cleaned, record["cosmics"], reason, detail = _clean(calibrated, detector, cosmics, steps)
     if reason:

@@ -12,6 +12,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 import ccdflow
+from ccdflow import badpix as ccd_badpix
 from ccdflow import inventory as ccd_inventory
 from ccdflow import library as ccd_library
 from ccdflow import plan as ccd_plan
@@ -110,8 +111,17 @@ for _path, _mtime in FUTURE.items():
     )
 
 
+USER_MAP = config["badpix"]["user_map"]
+if USER_MAP and not Path(USER_MAP).expanduser().is_file():
+    raise WorkflowError(
+        f"badpix.user_map {USER_MAP!r} is not a file (a FITS image, non-zero = bad pixel;"
+        " a relative path is relative to the working directory); fix it or set it to null"
+    )
+
+
 wildcard_constraints:
     tag=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
+    setup=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     frame=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     group=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
 
@@ -198,6 +208,8 @@ def frame_inputs(wildcards):
     reference = REFERENCES[wildcards.frame]
     if reference != wildcards.frame:
         out["reference_record"] = f"results/records/{reference}.json"
+    if USER_MAP:
+        out["user_map"] = USER_MAP
     return out
 
 
@@ -279,6 +291,27 @@ def group_fingerprints(wildcards):
     return [PLAN.lights[f]["record"]["fingerprint"] for f in _members(wildcards)]
 
 
+def bpm_masters():
+    """Setup -> paths of the master darks and flats (made here or from the library) whose
+    defect bits its bad-pixel map unites."""
+    out = {}
+    for name, spec in sorted((PLAN.library | PLAN.masters).items()):
+        if spec.kind in ("dark", "flat"):
+            out.setdefault(spec.setup, []).append(spec.path)
+    return out
+
+
+def bpm_inputs(wildcards):
+    """Input function of make_bad_pixel_map: the setup's master darks and flats."""
+    try:
+        out = {"masters": bpm_masters()[wildcards.setup]}
+    except KeyError:
+        raise WorkflowError(f"no master dark or flat of setup {wildcards.setup}") from None
+    if USER_MAP:
+        out["user_map"] = USER_MAP
+    return out
+
+
 def master_records(wildcards):
     """Input function of collect_calibration_qc: the JSON record of every master made."""
     return [f"results/masters/{name}.json" for name in sorted(PLAN.masters)]
@@ -319,7 +352,8 @@ def final_outputs():
     qc = ["results/qc/frames.tsv", "results/report/index.html"] if GROUPS else []
     qc += ["results/qc/calibration.tsv"] if PLAN.masters else []
     detector = ["results/qc/detector.json"] if detector_setups() else []
-    return masters + frames + stacks + raw_stacks + previews + qc + detector
+    bpm = [f"results/masters/bpm_{setup}.fits" for setup in bpm_masters()]
+    return masters + bpm + frames + stacks + raw_stacks + previews + qc + detector
 
 
 def report_inputs(wildcards):
