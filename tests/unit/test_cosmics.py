@@ -226,6 +226,30 @@ def test_inputs_untouched_and_premasked_pixels_not_flagged(frame):
     assert result.mask.dtype == bits.MASK_DTYPE
 
 
+def test_hot_pixels_of_the_mask_are_not_cosmic_rays(frame):
+    """A hot pixel left in a frame (a spike) carries bits.HOT from the master dark: it
+    goes to astroscrappy's inmask, so it is neither flagged, nor "cleaned", nor counted
+    in the cosmic-ray fraction. Without the bit the same spikes are flagged."""
+    data, mask = frame["data"].copy(), frame["mask"].copy()
+    rng = np.random.default_rng(4)
+    free = (mask == 0) & ~ndimage.binary_dilation(frame["cosmic"] | frame["core"], iterations=3)
+    ys, xs = np.nonzero(free[8:-8, 8:-8])
+    pick = rng.choice(ys.size, 20, replace=False)
+    ys, xs = ys[pick] + 8, xs[pick] + 8
+    data[ys, xs] += 3000.0
+    plain = clean_cosmics(data, mask, read_noise=frame["read_noise"])
+    assert _cosmic(plain)[ys, xs].mean() >= 0.9
+    mask[ys, xs] |= bits.HOT
+    result = clean_cosmics(data, mask, read_noise=frame["read_noise"])
+    assert not _cosmic(result)[ys, xs].any()
+    np.testing.assert_array_equal(result.data[ys, xs], data[ys, xs])  # not "cleaned"
+    assert (result.mask[ys, xs] == bits.HOT).all()
+    # the fraction counts the pixels it could flag: the hot ones are neither
+    n_valid = np.count_nonzero(mask == 0)
+    assert result.fraction == pytest.approx(result.n_flagged / n_valid)
+    assert result.n_flagged <= plain.n_flagged - 18
+
+
 def test_cosmic_rays_on_the_edge_are_flagged_and_cleaned():
     """astroscrappy leaves the outer 2 rows/columns alone; the padding covers them."""
     import astroscrappy
