@@ -39,6 +39,10 @@ def run(tmp_path_factory):
     work = base / "work"
     work.mkdir()
     snakemake(work, configfiles=[cfg], config={"raw_dir": truth["raw_dir"]})
+    again = snakemake(work, "-n", configfiles=[cfg], config={"raw_dir": truth["raw_dir"]})
+    # the map is a product of the plan: nothing to redo, and no "orphaned product"
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert "belong to no frame" not in again.stderr
     setup = "1x1_{1}x{0}".format(*truth["spec"]["shape"])
     return {"truth": truth, "work": work, "bpm": work / f"results/masters/bpm_{setup}.fits"}
 

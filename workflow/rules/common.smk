@@ -92,8 +92,13 @@ for _r in REJECTED:
     print(f"ccdflow: skipped {_r['path']}: {_r['reason']} {_r['detail']}", file=sys.stderr)
 for _r in _library_skipped:
     print(f"ccdflow: library: skipped {_r['path']}: {_r['detail']}", file=sys.stderr)
+BPM_MASTERS = ccd_plan.bad_pixel_map_masters(PLAN)
 _orphans = ccd_workdir.orphaned_products(
-    ".", PLAN.lights, GROUPS, [m.path for m in PLAN.masters.values()]
+    ".",
+    PLAN.lights,
+    GROUPS,
+    [m.path for m in PLAN.masters.values()]
+    + [f"results/masters/bpm_{setup}.fits" for setup in BPM_MASTERS],
 )
 if _orphans:
     print(
@@ -291,20 +296,10 @@ def group_fingerprints(wildcards):
     return [PLAN.lights[f]["record"]["fingerprint"] for f in _members(wildcards)]
 
 
-def bpm_masters():
-    """Setup -> paths of the master darks and flats (made here or from the library) whose
-    defect bits its bad-pixel map unites."""
-    out = {}
-    for name, spec in sorted((PLAN.library | PLAN.masters).items()):
-        if spec.kind in ("dark", "flat"):
-            out.setdefault(spec.setup, []).append(spec.path)
-    return out
-
-
 def bpm_inputs(wildcards):
     """Input function of make_bad_pixel_map: the setup's master darks and flats."""
     try:
-        out = {"masters": bpm_masters()[wildcards.setup]}
+        out = {"masters": BPM_MASTERS[wildcards.setup]}
     except KeyError:
         raise WorkflowError(f"no master dark or flat of setup {wildcards.setup}") from None
     if USER_MAP:
@@ -352,7 +347,7 @@ def final_outputs():
     qc = ["results/qc/frames.tsv", "results/report/index.html"] if GROUPS else []
     qc += ["results/qc/calibration.tsv"] if PLAN.masters else []
     detector = ["results/qc/detector.json"] if detector_setups() else []
-    bpm = [f"results/masters/bpm_{setup}.fits" for setup in bpm_masters()]
+    bpm = [f"results/masters/bpm_{setup}.fits" for setup in BPM_MASTERS]
     return masters + bpm + frames + stacks + raw_stacks + previews + qc + detector
 
 
