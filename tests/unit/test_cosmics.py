@@ -250,6 +250,24 @@ def test_hot_pixels_of_the_mask_are_not_cosmic_rays(frame):
     assert result.n_flagged <= plain.n_flagged - 18
 
 
+def test_defect_pixels_do_not_hide_the_cosmic_rays_next_to_them(frame):
+    """A hot pixel next to a cosmic ray does not hide it: defect pixels are not in
+    astroscrappy's inmask (which it grows by a pixel), they take their nearest valid
+    neighbour's value; other bits (BAD) still hide their neighbours, as astroscrappy does."""
+    data, mask, cosmic = frame["data"], frame["mask"], frame["cosmic"]
+    ring = ndimage.binary_dilation(cosmic, np.ones((3, 3), bool)) & ~cosmic & (mask == 0)
+    next_to = ring & (np.random.default_rng(8).random(mask.shape) < 0.2)
+    hot = mask | np.where(next_to, bits.HOT, 0).astype(bits.MASK_DTYPE)
+    bad = mask | np.where(next_to, bits.BAD, 0).astype(bits.MASK_DTYPE)
+    rn = frame["read_noise"]
+    with_hot = _cosmic(clean_cosmics(data, hot, read_noise=rn))
+    with_bad = _cosmic(clean_cosmics(data, bad, read_noise=rn))
+    hits = cosmic & ~next_to
+    assert (with_hot & hits).sum() >= 0.95 * (frame["result"].mask & bits.COSMIC != 0)[hits].sum()
+    assert (with_bad & hits).sum() < (with_hot & hits).sum()
+    assert not (with_hot & next_to).any()
+
+
 def test_cosmic_rays_on_the_edge_are_flagged_and_cleaned():
     """astroscrappy leaves the outer 2 rows/columns alone; the padding covers them."""
     import astroscrappy
