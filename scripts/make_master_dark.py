@@ -18,4 +18,5 @@ make_master_file(
     fingerprints=snakemake.params.fingerprints,
     identity=snakemake.params.identity,
     overscan=snakemake.params.overscan,
+    badpix=snakemake.params.badpix,
 )

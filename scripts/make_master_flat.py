@@ -20,4 +20,5 @@ make_master_file(
     identity=snakemake.params.identity,
     overscan=snakemake.params.overscan,
     illumination=snakemake.params.illumination,
+    badpix=snakemake.params.badpix,
 )

@@ -19,4 +19,5 @@ process_frame(
     reference=snakemake.input.reference,
     overscan=snakemake.params.overscan,
     detector_record=snakemake.input.get("detector"),
+    user_map=snakemake.params.user_map,
 )

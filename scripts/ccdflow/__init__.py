@@ -8,4 +8,4 @@ __all__ = ["__version__"]
 
 #: Pipeline version. Rules pass it as a parameter, so bump it whenever a change in
 #: this library alters results: Snakemake then reruns exactly the affected jobs.
-__version__ = "0.5.1"
+__version__ = "0.6.0"

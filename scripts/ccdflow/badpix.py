@@ -17,21 +17,33 @@ few float32 copies of the frame (about 200 MB for 4k x 4k).
 
 Mask bits
 ---------
-`ccdflow.bits` has no bit for detector defects yet, so this module defines three, on the
-next free values (to move into `ccdflow.bits` when the map is wired in): `HOT` (64),
-`DEAD` (128, dead or low pixels from the flat) and `BAD_COLUMN` (256). Pixels of a
-user-supplied map get `ccdflow.bits.BAD`.
+`ccdflow.bits.HOT` (64), `ccdflow.bits.DEAD` (128, dead or low pixels from the flat) and
+`ccdflow.bits.BAD_COLUMN` (256). Pixels of a user-supplied map get `ccdflow.bits.BAD`.
+
+Defaults
+--------
+`DEFAULTS` holds the thresholds; they are also the defaults of the ``badpix``
+configuration block (STYLE 16). Why each:
+
+* ``hot_sigma`` 5: at 5 robust sigma a Gaussian 4k x 4k frame has about 5 false hot
+  pixels; a real hot pixel of a cooled CCD is tens to thousands of sigma.
+* ``min_excess`` 0 (dark rate units, ADU/s in the workflow): no extra condition.
+* ``low_fraction`` 0.7: a pixel that lost 30 % of its sensitivity, far beyond the 1-2 %
+  pixel-to-pixel spread of a CCD and the 5-10 % dips of dust shadows.
+* ``column_fraction`` 0.9 over ``column_band`` 128 rows: a median over 128 rows is
+  precise to well under 1 %, so a 10 % deficit of a whole column segment is a defect.
+* ``block`` 16: the local level follows gradients (amplifier glow, vignetting) over tens
+  of pixels, while one defect pixel hardly moves a median of 256.
 """
 
 __all__ = [
-    "BAD_COLUMN",
-    "BPM_BIT_NAMES",
-    "DEAD",
-    "HOT",
+    "DEFAULTS",
+    "MASTER_KEYS",
     "bad_pixel_map",
     "find_bad_columns",
     "find_hot",
     "find_low",
+    "master_thresholds",
 ]
 
 import contextlib
@@ -42,20 +54,40 @@ import numpy as np
 from scipy import ndimage
 
 from ccdflow import bits
+from ccdflow.bits import BAD_COLUMN, DEAD, HOT
 
-#: Hot pixel: dark signal far above the local level (from the master dark).
-HOT = np.uint16(64)
-#: Dead or low pixel: flat response far below the local level (from the master flat).
-DEAD = np.uint16(128)
-#: Part of a bad column: a column segment whose median response is below its neighbours'.
-BAD_COLUMN = np.uint16(256)
-#: Bit value -> name of the bits defined here (to join `ccdflow.bits.BIT_NAMES`).
-BPM_BIT_NAMES = {int(HOT): "HOT", int(DEAD): "DEAD", int(BAD_COLUMN): "BAD_COLUMN"}
+#: Default thresholds (the module docstring says why each); the ``badpix`` config defaults.
+DEFAULTS = {
+    "hot_sigma": 5.0,
+    "min_excess": 0.0,
+    "low_fraction": 0.7,
+    "column_fraction": 0.9,
+    "column_band": 128,
+    "block": 16,
+}
+_D = DEFAULTS
+#: The thresholds each master kind uses (what its rule gets as parameters, so a change of
+#: a flat threshold does not remake the darks).
+MASTER_KEYS = {
+    "dark": ("hot_sigma", "min_excess", "block"),
+    "flat": ("low_fraction", "column_fraction", "column_band", "block"),
+}
+
+
+def master_thresholds(config, kind):
+    """The ``badpix`` configuration as the master of ``kind`` uses it: its thresholds
+    (`MASTER_KEYS`), or None when it gets no defect bits (``enabled: false``, a bias)."""
+    if kind not in MASTER_KEYS or not config.get("enabled", True):
+        return None
+    return {k: config.get(k, DEFAULTS[k]) for k in MASTER_KEYS[kind]}
+
 
 _MAD_TO_STD = 1.482602218505602
 
 
-def find_hot(dark, mask=None, *, hot_sigma=5.0, min_excess=0.0, block=16):
+def find_hot(
+    dark, mask=None, *, hot_sigma=_D["hot_sigma"], min_excess=_D["min_excess"], block=_D["block"]
+):
     """Hot pixels of a master dark.
 
     Parameters
@@ -85,7 +117,7 @@ def find_hot(dark, mask=None, *, hot_sigma=5.0, min_excess=0.0, block=16):
     return hot & ~bad
 
 
-def find_low(flat, mask=None, *, low_fraction=0.7, block=16):
+def find_low(flat, mask=None, *, low_fraction=_D["low_fraction"], block=_D["block"]):
     """Dead and low pixels of a master flat.
 
     Parameters
@@ -113,7 +145,15 @@ def find_low(flat, mask=None, *, low_fraction=0.7, block=16):
     return low & ~bad
 
 
-def find_bad_columns(flat, mask=None, *, column_fraction=0.9, column_band=128, window=7, block=16):
+def find_bad_columns(
+    flat,
+    mask=None,
+    *,
+    column_fraction=_D["column_fraction"],
+    column_band=_D["column_band"],
+    window=7,
+    block=_D["block"],
+):
     """Bad column segments of a master flat.
 
     Parameters
@@ -160,12 +200,12 @@ def bad_pixel_map(
     *,
     dark_mask=None,
     flat_mask=None,
-    hot_sigma=5.0,
-    min_excess=0.0,
-    low_fraction=0.7,
-    column_fraction=0.9,
-    column_band=128,
-    block=16,
+    hot_sigma=_D["hot_sigma"],
+    min_excess=_D["min_excess"],
+    low_fraction=_D["low_fraction"],
+    column_fraction=_D["column_fraction"],
+    column_band=_D["column_band"],
+    block=_D["block"],
 ):
     """Bad-pixel map of one setup: hot pixels, dead/low pixels, bad columns, user pixels.
 

@@ -7,9 +7,13 @@ mask (``CCDData.read``) get ``mask != 0``.
 
 __all__ = [
     "BAD",
+    "BAD_COLUMN",
     "BIT_NAMES",
     "COSMIC",
+    "DEAD",
+    "DEFECT_BITS",
     "FLAT_LOW",
+    "HOT",
     "MASK_DTYPE",
     "NODATA",
     "NOT_COVERED",
@@ -35,6 +39,17 @@ FLAT_LOW = np.uint16(8)
 NODATA = np.uint16(16)
 #: Stack pixel that no input frame covered.
 NOT_COVERED = np.uint16(32)
+#: Hot pixel: dark signal far above the local level in the master dark
+#: (`ccdflow.badpix.find_hot`); set in the master dark's mask and every frame it calibrates.
+HOT = np.uint16(64)
+#: Dead or low pixel: master-flat response far below the local level
+#: (`ccdflow.badpix.find_low`); set in the master flat's mask and every frame it calibrates.
+DEAD = np.uint16(128)
+#: Part of a bad column: a column segment of the master flat whose median response is below
+#: its neighbours' (`ccdflow.badpix.find_bad_columns`); as ``DEAD``.
+BAD_COLUMN = np.uint16(256)
+#: The detector-defect bits of the bad-pixel map (``BAD`` also marks a user-supplied map).
+DEFECT_BITS = np.uint16(HOT | DEAD | BAD_COLUMN)
 
 #: Bit value -> short name, written into every product header (``MASKBn`` cards).
 BIT_NAMES = {
@@ -44,6 +59,9 @@ BIT_NAMES = {
     int(FLAT_LOW): "FLAT_LOW",
     int(NODATA): "NODATA",
     int(NOT_COVERED): "NOT_COVERED",
+    int(HOT): "HOT",
+    int(DEAD): "DEAD",
+    int(BAD_COLUMN): "BAD_COLUMN",
 }
 
 

@@ -16,6 +16,7 @@ Arithmetic (DESIGN §5):
 
 __all__ = [
     "CALIBRATION_GATES",
+    "DEFECT_CARDS",
     "Master",
     "MasterError",
     "calibrate_frame",
@@ -458,6 +459,7 @@ def make_master(
     flat_floor=0.1,
     overscan=None,
     gates=None,
+    badpix=None,
 ):
     """Make a master bias, dark or flat from the input frames that pass their gates.
 
@@ -486,12 +488,18 @@ def make_master(
         The ``calibration.gates`` thresholds (`CALIBRATION_GATES`; a key left out takes
         the gate's default, None switches a gate off). A frame that fails one is left out
         of the master, with its reason and measured value in ``Master.frames``.
+    badpix : dict, optional
+        Detector-defect thresholds (`ccdflow.badpix.DEFAULTS` keys; a key left out takes
+        its default); None: no defect bits. A master dark gets `bits.HOT` on the hot
+        pixels of its dark rate (ADU/s; `ccdflow.badpix.find_hot`), a master flat
+        `bits.DEAD` and `bits.BAD_COLUMN` (`find_low`, `find_bad_columns`); every frame
+        the master calibrates inherits them (`calibrate_frame`). Biases get none.
 
     Returns
     -------
     Master
         Data in ADU (flats: dimensionless, central median 1); the header carries the
-        provenance (inputs, method, masters used).
+        provenance (inputs, method, masters used, defect counts).
 
     Raises
     ------
@@ -596,7 +604,46 @@ def make_master(
     if kind == "flat":
         provenance.add_step(header, "SCALEMTH", "median of central region, per frame")
         data, mask = _normalise_flat(data, unc, mask, nused, flat_floor, header)
+    if badpix is not None and kind in ("dark", "flat"):
+        mask = _defect_bits(kind, data, mask, exptime, badpix, header)
     return Master(data=data, uncertainty=unc, mask=mask, header=header, exptime=exptime, frames=qc)
+
+
+#: Header card of each defect bit's count in a master (and the bad-pixel map).
+DEFECT_CARDS = {"HOT": "NHOT", "DEAD": "NDEAD", "BAD_COLUMN": "NBADCOL"}
+
+
+def _defect_bits(kind, data, mask, exptime, thresholds, header):
+    """The master's mask with its detector-defect bits (see `make_master`)."""
+    from ccdflow import badpix
+
+    p = badpix.DEFAULTS | {k: v for k, v in thresholds.items() if k in badpix.DEFAULTS}
+    mask = mask.copy()
+    found = {}
+    if kind == "dark":
+        rate = data / np.float32(exptime) if exptime > 0 else data
+        found[bits.HOT] = badpix.find_hot(
+            rate, mask, hot_sigma=p["hot_sigma"], min_excess=p["min_excess"], block=p["block"]
+        )
+    else:
+        found[bits.DEAD] = badpix.find_low(
+            data, mask, low_fraction=p["low_fraction"], block=p["block"]
+        )
+        found[bits.BAD_COLUMN] = badpix.find_bad_columns(
+            data,
+            mask,
+            column_fraction=p["column_fraction"],
+            column_band=p["column_band"],
+            block=p["block"],
+        )
+    counts = []
+    for bit, where in found.items():
+        mask[where] |= bit
+        name = bits.BIT_NAMES[int(bit)]
+        provenance.add_step(header, DEFECT_CARDS[name], int(where.sum()))
+        counts.append(f"{int(where.sum())} {name}")
+    logging.getLogger("ccdflow").info("master %s: defect pixels %s", kind, ", ".join(counts))
+    return mask
 
 
 def _report_exclusions(kind, qc, keep):
@@ -768,7 +815,7 @@ def calibrate_frame(
     if dark is not None:
         signal -= np.float32(dark_scale) * dark.data
         var_adu += (np.float32(dark_scale) * dark.uncertainty) ** 2
-        mask |= dark.mask & (bits.BAD | bits.NODATA)
+        mask |= dark.mask & (bits.BAD | bits.NODATA | bits.HOT)
         provenance.add_step(header, "DARKCORR", dark.name)
         provenance.add_step(header, "DARKEXP", dark.exptime)
         provenance.add_step(header, "DARKSCAL", round(float(dark_scale), 6))
@@ -779,7 +826,7 @@ def calibrate_frame(
     if flat is not None:
         data /= flat.data
         var = var / flat.data**2 + (data * flat.uncertainty / flat.data) ** 2
-        mask |= flat.mask & (bits.BAD | bits.NODATA | bits.FLAT_LOW)
+        mask |= flat.mask & (bits.BAD | bits.NODATA | bits.FLAT_LOW | bits.DEAD | bits.BAD_COLUMN)
         provenance.add_step(header, "FLATCORR", flat.name)
     else:
         provenance.add_step(header, "FLATCORR", "skipped: no master flat")

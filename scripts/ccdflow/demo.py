@@ -99,6 +99,16 @@ generator, ``SeedSequence(seed).spawn(3)[2]``, so the other frames' pixels are t
 same night without them (only the sky flats' type card differs). Truth: ``flat_kind``
 ('sky' or 'dome') of every flat.
 
+Dead pixels and bad columns (``NightSpec.dead_pixel_fraction``, ``bad_columns``)
+--------------------------------------------------------------------------------
+A response map multiplies every filter's flat (so flats, sky and stars alike): a fraction
+``dead_pixel_fraction`` of the pixels get a response U(``dead_response``), and each
+``(x, response)`` of ``bad_columns`` multiplies the whole column x (0-based) by
+``response``. Drawn from a fifth generator, ``SeedSequence(seed).spawn(4)[3]``, and only
+when asked for, so a night without them is byte-identical to before. Truth:
+``bad_pixels.fits`` (uint8 bits: 1 hot pixel, i.e. dark rate above ``dark_current``; 2
+dead pixel; 4 bad column), always written.
+
 Truth (``outdir/truth/``)
 -------------------------
 ``truth.json`` (seed, version, spec, file names, one entry per raw frame), ``bias.fits`` (ADU),
@@ -119,6 +129,9 @@ __all__ = [
     "BAD_LIGHTS",
     "CAMERAS",
     "PRESETS",
+    "TRUTH_COLUMN",
+    "TRUTH_DEAD",
+    "TRUTH_HOT",
     "NightSpec",
     "dome_illumination",
     "expected_electrons",
@@ -243,6 +256,9 @@ class NightSpec:
     n_dome_flats: int = 0
     dome_illumination: tuple[float, float, float] = (0.12, -0.08, 0.0)
     bad_lights_first: bool = False
+    dead_pixel_fraction: float = 0.0
+    dead_response: tuple[float, float] = (0.2, 0.5)
+    bad_columns: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self):
         # Accept lists (JSON, CLI) wherever a tuple is expected, so specs round-trip.
@@ -270,6 +286,10 @@ class NightSpec:
             if not ok.get(kind, False):
                 what = BAD_LIGHTS.get(kind, f"one of {list(BAD_LIGHTS)}")
                 raise ValueError(f"NightSpec.bad_lights ({kind!r}, {value!r}): {what}")
+        for x, response in self.bad_columns:
+            if not (0 <= x < self.shape[1] and response >= 0):
+                msg = f"NightSpec.bad_columns ({x!r}, {response!r}): x in 0..{self.shape[1] - 1}"
+                raise ValueError(msg + ", response >= 0")
 
 
 #: Named starting points for `make_night`; "demo" is the `NightSpec` defaults.
@@ -511,6 +531,31 @@ def _flats(spec, rng):
             flat *= 1 - depth * np.exp(-0.5 * ((r - radius) / width) ** 2)
         centre = flat[ny // 4 : 3 * ny // 4, nx // 4 : 3 * nx // 4]
         out[name] = (flat / np.median(centre)).astype(np.float32)
+    return out
+
+
+#: Bits of the truth's ``bad_pixels.fits``.
+TRUTH_HOT, TRUTH_DEAD, TRUTH_COLUMN = 1, 2, 4
+
+
+def _dead_pixels(spec, flats, seed):
+    """Multiply every flat (in place) by the response of the dead pixels and bad columns;
+    return the truth bits (uint8) of those pixels."""
+    ny, nx = spec.shape
+    out = np.zeros((ny, nx), np.uint8)
+    if not spec.dead_pixel_fraction and not spec.bad_columns:
+        return out
+    rng = np.random.default_rng(seed)
+    response = np.ones(ny * nx, np.float32)
+    dead = rng.choice(ny * nx, round(spec.dead_pixel_fraction * ny * nx), replace=False)
+    response[dead] = rng.uniform(*spec.dead_response, dead.size)
+    response = response.reshape(ny, nx)
+    out.reshape(-1)[dead] |= TRUTH_DEAD
+    for x, factor in spec.bad_columns:
+        response[:, int(x)] *= np.float32(factor)
+        out[:, int(x)] |= TRUTH_COLUMN
+    for name in flats:
+        flats[name] = (flats[name] * response).astype(np.float32)
     return out
 
 
@@ -774,6 +819,8 @@ def make_night(outdir, *, preset="demo", seed=0, **overrides):
     bias, dark_rate = _detector(spec, rng)
     model = {"spec": dataclasses.asdict(spec), "bias": bias, "dark_rate": dark_rate}
     model["flat"], model["stars"] = _flats(spec, rng), _stars(spec, rng)
+    bad_pixels = _dead_pixels(spec, model["flat"], np.random.SeedSequence(seed).spawn(4)[3])
+    bad_pixels[dark_rate != np.float32(spec.dark_current)] |= TRUTH_HOT
     frames = _plan(spec, rng)
     camera_rng, bad_rng, dome_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
@@ -821,6 +868,8 @@ def make_night(outdir, *, preset="demo", seed=0, **overrides):
         _write(raw_dir / frame["file"], adu, _header(spec, frame))
     files = {"bias": "bias.fits", "dark_rate": "dark_rate.fits", "stars": "stars.ecsv"}
     files["flat"] = {f: f"flat_{_safe(f)}.fits" for f in spec.filters}
+    files["bad_pixels"] = "bad_pixels.fits"
+    _write(truth_dir / files["bad_pixels"], bad_pixels)
     _write(truth_dir / files["bias"], bias)
     _write(truth_dir / files["dark_rate"], dark_rate)
     for f, name in files["flat"].items():
@@ -875,7 +924,8 @@ def load_truth(outdir):
     dict
         ``truth.json`` content plus ``bias`` (float32, ADU), ``dark_rate`` (float32, e-/s/px),
         ``flat`` (filter -> float32), ``stars`` (Table, x/y in px, flux_<filter> in e-/s),
-        ``cosmics`` (raw file stem -> bool mask), for "pro" ``overscan`` (raw file stem ->
+        ``cosmics`` (raw file stem -> bool mask), ``bad_pixels`` (uint8 bits `TRUTH_HOT`,
+        `TRUTH_DEAD`, `TRUTH_COLUMN`), for "pro" ``overscan`` (raw file stem ->
         float64 row levels ``L_f(y)``, ADU), ``raw_dir`` and ``truth_dir`` (Path).
     """
     outdir = Path(outdir)
@@ -888,6 +938,8 @@ def load_truth(outdir):
 
     truth["bias"], truth["dark_rate"] = image(files["bias"]), image(files["dark_rate"])
     truth["flat"] = {f: image(name) for f, name in files["flat"].items()}
+    if "bad_pixels" in files:
+        truth["bad_pixels"] = image(files["bad_pixels"], np.uint8)
     truth["stars"] = Table.read(truth_dir / files["stars"], format="ascii.ecsv")
     truth["cosmics"] = {
         Path(f["file"]).stem: image(f["cosmics"], bool) for f in truth["frames"] if "cosmics" in f
@@ -927,6 +979,20 @@ def main(argv=None):
         action="store_true",
         help="take the --bad frames before the first light, not after the last",
     )
+    parser.add_argument(
+        "--dead-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of the pixels with a low response (dead pixels), e.g. 0.002",
+    )
+    parser.add_argument(
+        "--bad-column",
+        action="append",
+        default=[],
+        metavar="X=RESPONSE",
+        help="column x (0-based) with this response, e.g. 40=0.3 (repeatable)",
+    )
     args = parser.parse_args(argv)
     raw_dir = args.outdir / "raw"
     before = {p.name for p in raw_dir.iterdir()} if raw_dir.is_dir() else set()
@@ -941,10 +1007,14 @@ def main(argv=None):
         overrides["n_nights"] = args.nights
     if args.dome_flats:
         overrides["n_dome_flats"] = args.dome_flats
+    if args.dead_fraction:
+        overrides["dead_pixel_fraction"] = args.dead_fraction
     try:
         if args.bad:
             overrides["bad_lights"] = tuple(_bad_arg(a) for a in args.bad)
             overrides["bad_lights_first"] = args.bad_first
+        if args.bad_column:
+            overrides["bad_columns"] = tuple(_column_arg(a) for a in args.bad_column)
         dataclasses.replace(PRESETS[args.preset], **overrides)  # checked before writing
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -970,6 +1040,14 @@ def _bad_arg(text):
     except ValueError:
         msg = f"--bad {text!r}: expected KIND=VALUE, KIND one of {list(BAD_LIGHTS)}"
         raise ValueError(msg) from None
+
+
+def _column_arg(text):
+    x, _, value = text.partition("=")
+    try:
+        return int(x), float(value)
+    except ValueError:
+        raise ValueError(f"--bad-column {text!r}: expected X=RESPONSE, e.g. 40=0.3") from None
 
 
 if __name__ == "__main__":

@@ -223,9 +223,11 @@ def choose_read_noise(value, source, measured_adu, gain, bias_name, max_ratio=1.
     return measured, f"measured:{bias_name} ({source} {value:.4g} disagreed)"
 
 
-def _calibrate(raw_path, hdu, masters, calibration, overscan, steps, detector_record):
+def _calibrate(
+    raw_path, hdu, masters, calibration, overscan, steps, detector_record, user_map=None
+):
     from ccdflow import calibrate
-    from ccdflow.tasks import load_master
+    from ccdflow.tasks import load_master, read_user_map
 
     with steps("read"):
         raw = read_raw(raw_path, hdu)
@@ -271,6 +273,16 @@ def _calibrate(raw_path, hdu, masters, calibration, overscan, steps, detector_re
             gain=gain,
             read_noise=read_noise,
         )
+        if user_map:
+            try:
+                user = read_user_map(user_map, calibrated.shape, Path(raw_path).name)
+            except FrameError as exc:
+                exc.step = "calibrate"
+                raise
+            mask = calibrated.mask.copy()
+            mask[user] |= bits.BAD
+            calibrated = calibrated.replace(mask=mask)
+            provenance.add_step(calibrated.header, "USERBPM", Path(user_map).name)
     header = calibrated.header
     if read_noise is not None:
         provenance.add_step(header, "RDNOISE", round(float(read_noise), 4))
@@ -422,6 +434,7 @@ def process_frame(
     reference=None,
     overscan=None,
     detector_record=None,
+    user_map=None,
 ):
     """Run the per-frame chain of one light frame and write its three products.
 
@@ -453,6 +466,10 @@ def process_frame(
         ``results/qc/detector.json`` when ``calibration['measured']`` names values taken
         from it (`measured_detector`; a setup without the measurement rejects the frame,
         reason ``no_measured_detector``).
+    user_map : path-like, optional
+        ``badpix.user_map``: a FITS image of the calibrated frame's shape whose non-zero
+        pixels get ``bits.BAD``; of another shape, the frame is rejected (reason
+        ``user_map_shape``, naming the map and both shapes).
 
     Returns
     -------
@@ -490,7 +507,7 @@ def process_frame(
 
     try:
         calibrated, detector = _calibrate(
-            raw, hdu, masters, calibration, overscan, steps, detector_record
+            raw, hdu, masters, calibration, overscan, steps, detector_record, user_map
         )
     except FrameError as exc:
         reject(getattr(exc, "step", "read"), exc.reason, exc.detail or str(exc))
@@ -509,6 +526,10 @@ def process_frame(
     record["shape"] = [int(s) for s in calibrated.shape]
     record["detector"] = detector
     record["saturated_pixels"] = int(np.count_nonzero(calibrated.mask & bits.SATURATED))
+    record["defect_pixels"] = {
+        name: int(np.count_nonzero(calibrated.mask & getattr(bits, name)))
+        for name in ("HOT", "DEAD", "BAD_COLUMN")
+    }
 
     cleaned, record["cosmics"], reason, detail = _clean(calibrated, detector, cosmics, steps)
     if reason:

@@ -20,6 +20,7 @@ __all__ = [
     "MasterSpec",
     "Plan",
     "PlanError",
+    "bad_pixel_map_masters",
     "calibration_table",
     "candidates_text",
     "choose_dark",
@@ -730,4 +731,14 @@ def frame_table(frames, plan, references, utc_offset_hours=0.0):
         use = lights.get(f["frame"], {})
         row |= {k: use.get(k, "") for k in FRAME_TABLE_COLUMNS[2:]}
         out.append(row)
+    return out
+
+
+def bad_pixel_map_masters(plan):
+    """Setup -> paths of the master darks and flats (made by the run or from the
+    library) whose defect bits its ``results/masters/bpm_{setup}.fits`` unites."""
+    out = {}
+    for _name, spec in sorted((plan.library | plan.masters).items()):
+        if spec.kind in ("dark", "flat"):
+            out.setdefault(spec.setup, []).append(spec.path)
     return out

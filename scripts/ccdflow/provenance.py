@@ -74,6 +74,12 @@ KEYWORDS = {
     "SKYMEAN": "mean sky of the inputs (data unit)",
     "NLOW": "lowest values dropped per pixel (minmax)",
     "NHIGH": "highest values dropped per pixel (minmax)",
+    "NHOT": "pixels flagged HOT (master dark)",
+    "NDEAD": "pixels flagged DEAD (master flat)",
+    "NBADCOL": "pixels flagged BAD_COLUMN (master flat)",
+    "NUSERBAD": "pixels flagged BAD by the user map",
+    "NBADPIX": "pixels with any defect bit",
+    "USERBPM": "user-supplied bad-pixel map (badpix.user_map)",
 }
 
 

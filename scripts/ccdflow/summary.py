@@ -224,6 +224,25 @@ def format_summary(workdir, truth=None):
     lines.append(f"  rejected: {len(rejected)} (results/index/rejected.tsv)")
     masters = sorted(p.name for p in (workdir / "results/masters").glob("*.fits"))
     lines += ["", f"Masters made: {len(masters)}", *(f"  {m}" for m in masters)]
+    bpms = sorted((workdir / "results/masters").glob("bpm_*.fits"))
+    if bpms:
+        from astropy.io import fits
+
+        lines += ["", "Bad pixels per setup (results/masters/bpm_{setup}.fits):"]
+        for path in bpms:
+            h = fits.getheader(path)
+            counts = ", ".join(
+                f"{name} {h[card]}"
+                for name, card in (
+                    ("hot", "NHOT"),
+                    ("dead", "NDEAD"),
+                    ("bad column", "NBADCOL"),
+                    ("below flat floor", "NFLATLOW"),
+                    ("user map", "NUSERBAD"),
+                )
+                if card in h
+            )
+            lines.append(f"  {path.stem.removeprefix('bpm_')}: {counts}; any {h['NBADPIX']}")
     calibrated = list((workdir / "results/calibrated").glob("*.fits"))
     lines += ["", f"Frames calibrated: {len(calibrated)} (results/calibrated/)"]
     selections = [

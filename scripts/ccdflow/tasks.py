@@ -9,6 +9,7 @@ functions that need them.
 """
 
 __all__ = [
+    "bad_pixel_map_file",
     "calibration_table",
     "combine_flat_file",
     "load_master",
@@ -97,6 +98,7 @@ def make_master_file(
     gates=None,
     record=None,
     illumination=None,
+    badpix=None,
 ):
     """Combine raw frames ``[(path, hdu), ...]`` into the master ``output`` (FITS).
 
@@ -111,6 +113,9 @@ def make_master_file(
     it is enabled, else None: a flat's illumination model is fitted
     (`ccdflow.illumination`), written as the ``ILLUM`` extension, summarised in the header,
     the record and the log.
+    ``badpix``: the master's defect thresholds
+    (`ccdflow.badpix.master_thresholds`; None: no defect bits), see
+    `ccdflow.calibrate.make_master`.
     """
     from ccdflow import calibrate
     from ccdflow.combine import Clip
@@ -130,6 +135,7 @@ def make_master_file(
         flat_floor=flat_floor,
         overscan=overscan,
         gates=gates,
+        badpix=badpix,
     )
     kept = [i for i, row in enumerate(master.frames) if row["status"] == "ok"]
     excluded = [row for row in master.frames if row["status"] != "ok"]
@@ -155,6 +161,11 @@ def make_master_file(
         content = {"master": Path(output).stem, "kind": kind, "units": units}
         if fit is not None:
             content["illumination"] = _fit_summary(fit, illumination)
+        content["defects"] = {
+            name: int(master.header[card])
+            for name, card in calibrate.DEFECT_CARDS.items()
+            if card in master.header
+        }
         write_json(record, content | {"frames": master.frames})
     log.info(
         "done in %.2f s: median %.4g, %s",
@@ -283,6 +294,83 @@ def combine_flat_file(sky, dome, output, record, *, illumination, flat_floor=0.1
 
 def _median(a):
     return np.median(a[:: max(1, a.shape[0] // 256), :: max(1, a.shape[1] // 256)])
+
+
+def read_user_map(path, shape=None, frame=""):
+    """A user-supplied bad-pixel map (first 2-D image HDU; non-zero or non-finite = bad)
+    as a boolean array; with ``shape``, a :class:`ccdflow.io.FrameError` (reason
+    ``user_map_shape``) naming the map, ``frame`` and both shapes when they differ."""
+    data, _, mask = io.read_frame(path, fast=True)
+    bad = (data != 0) | (mask != 0)
+    if shape is not None and bad.shape != tuple(shape):
+        detail = (
+            f"badpix.user_map {path} is {bad.shape[0]} x {bad.shape[1]} px (rows x columns),"
+            f" the calibrated frame {frame} {shape[0]} x {shape[1]}"
+        )
+        raise io.FrameError(frame or path, "user_map_shape", detail)
+    return bad
+
+
+def bad_pixel_map_file(masters, output, *, setup, user_map=None):
+    """Rule make_bad_pixel_map: ``results/masters/bpm_{setup}.fits``.
+
+    The union of the detector-defect bits (`ccdflow.bits.DEFECT_BITS`: ``HOT`` of the
+    master darks, ``DEAD`` and ``BAD_COLUMN`` of the master flats, and their ``FLAT_LOW``
+    pixels, below the flat floor) of the setup's ``masters``, and ``bits.BAD`` on the
+    pixels of the ``user_map`` (when given and of the same shape; else it is left out
+    with a warning). A uint16 image of mask bits; the header counts the pixels of each
+    bit (``NHOT``, ``NDEAD``, ``NBADCOL``, ``NFLATLOW``, ``NUSERBAD``, ``NBADPIX``: any of
+    them) and names the masters (``IMCMBnnn``) and the user map.
+    Frame jobs do not read it (each frame inherits the bits of its own masters).
+    """
+    from astropy.io import fits
+
+    from ccdflow import calibrate
+
+    out = None
+    for path in masters:
+        _, _, _, mask = io.read_product(path)
+        if mask is None:
+            continue
+        mask = mask & (bits.DEFECT_BITS | bits.FLAT_LOW)
+        if out is not None and mask.shape != out.shape:
+            raise ValueError(f"{path}: shape {mask.shape}, other masters of {setup} {out.shape}")
+        out = mask if out is None else out | mask
+    if out is None:
+        raise ValueError(f"setup {setup}: no master with a mask plane among {list(masters)}")
+    header = fits.Header()
+    provenance.stamp(header, "BAD_PIXEL_MAP")
+    provenance.add_inputs(header, masters)
+    counts = {}
+    for name, card in calibrate.DEFECT_CARDS.items():
+        counts[card] = int(np.count_nonzero(out & getattr(bits, name)))
+    counts["NFLATLOW"] = int(np.count_nonzero(out & bits.FLAT_LOW))
+    if user_map:
+        provenance.add_step(header, "USERBPM", Path(user_map).name)
+        user = read_user_map(user_map)
+        if user.shape == out.shape:
+            out[user] |= bits.BAD
+            counts["NUSERBAD"] = int(np.count_nonzero(user))
+        else:
+            header.add_comment(f"user map {user_map} {user.shape} not applied: shape {out.shape}")
+            log.warning(
+                "user map %s is %s, setup %s %s: left out", user_map, user.shape, setup, out.shape
+            )
+    counts["NBADPIX"] = int(np.count_nonzero(out))
+    for card, n in counts.items():
+        provenance.add_step(header, card, n)
+    for key, value, comment in bits.header_cards():
+        header[key] = (value, comment)
+    io.write_hdulist(output, fits.HDUList([fits.PrimaryHDU(out.astype(bits.MASK_DTYPE), header)]))
+    log.info(
+        "setup %s: %s of %d pixels (%.4f %%) from %d masters",
+        setup,
+        ", ".join(f"{card} {n}" for card, n in counts.items()),
+        out.size,
+        100 * counts["NBADPIX"] / out.size,
+        len(masters),
+    )
+    return out
 
 
 def select_file(records, output, *, group, frames, selection):

@@ -109,9 +109,17 @@ def test_masters_and_provenance(m51_run):
     masters = sorted(p.name for p in (m51_run / "results/masters").glob("*.fits"))
     assert masters == [
         "bias_2x2_1092x736.fits",
+        "bpm_2x2_1092x736.fits",
         "dark_2x2_1092x736_300s.fits",
         "flat_2x2_1092x736_I.fits",
     ]
+    bpm = fits.getheader(m51_run / "results/masters/bpm_2x2_1092x736.fits")
+    counts = {k: bpm[k] for k in ("NHOT", "NDEAD", "NBADCOL", "NFLATLOW", "NBADPIX")}
+    print(f"M51 bad pixels of {736 * 1092}: {counts}")
+    # the QSI's warm pixels (300 s darks): ~2 % above 5 robust sigma of the dark; its flat
+    # has no dead pixel or bad column
+    assert 0.005 < counts["NHOT"] / (736 * 1092) < 0.05
+    assert counts["NBADPIX"] == counts["NHOT"] + counts["NDEAD"] + counts["NBADCOL"]
     for i in range(1, 19):
         h = fits.getheader(m51_run / f"results/calibrated/M51_I_{i:03d}.fits")
         assert h["BIASCORR"] == "bias_2x2_1092x736.fits"
@@ -122,6 +130,9 @@ def test_masters_and_provenance(m51_run):
         assert h["RAWFILE"] == f"M51_I_{i:03d}.fit"
         assert h["BUNIT"] == "electron"
         assert h["PIPEVER"]
+        mask = fits.getdata(m51_run / f"results/calibrated/M51_I_{i:03d}.fits", "MASK")
+        hot = fits.getdata(m51_run / "results/masters/bpm_2x2_1092x736.fits") & bits.HOT
+        assert ((mask & bits.HOT) == hot).all()  # every frame carries its dark's HOT bits
 
 
 def test_calibrated_frames_match_independent_reduction(m51_run, m51_dir):

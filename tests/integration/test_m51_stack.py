@@ -27,8 +27,11 @@ def run(m51_dir, tmp_path_factory):
 def _aperture_noise(image, bad, radius=3.0, annulus=(6.0, 10.0), step=23):
     """Robust scatter of background-subtracted sums in r=3 px apertures on empty sky.
 
-    Apertures sit on a grid; one touching a source (sep segmentation, dilated) or a
-    bad pixel is skipped. The local background is the median of an annulus.
+    Apertures sit on a grid; one whose annulus touches a source (sep segmentation,
+    dilated), or with a bad pixel inside the aperture, is skipped. The local background is
+    the median of the annulus's good pixels. (Bad pixels in the annulus do not skip it:
+    the camera's HOT pixels, ~2 % of the detector and masked at nearly the same stack
+    pixels in every frame of the small drift, touch almost every annulus.)
     """
     import sep
     from scipy.ndimage import binary_dilation
@@ -38,7 +41,7 @@ def _aperture_noise(image, bad, radius=3.0, annulus=(6.0, 10.0), step=23):
     _, seg = sep.extract(
         data - bkg.back(), 2.0, err=bkg.globalrms, mask=bad, segmentation_map=True, minarea=3
     )
-    busy = binary_dilation(seg > 0, iterations=4) | bad
+    busy = binary_dilation(seg > 0, iterations=4)
     ny, nx = data.shape
     yy, xx = np.mgrid[-10:11, -10:11]
     r = np.hypot(xx, yy)
@@ -47,10 +50,13 @@ def _aperture_noise(image, bad, radius=3.0, annulus=(6.0, 10.0), step=23):
     for y in range(20, ny - 20, step):
         for x in range(20, nx - 20, step):
             cut = (slice(y - 10, y + 11), slice(x - 10, x + 11))
-            if busy[cut][r <= annulus[1]].any():
+            if busy[cut][r <= annulus[1]].any() or bad[cut][inner].any():
                 continue
             stamp = data[cut]
-            sums.append(stamp[inner].sum() - inner.sum() * np.median(stamp[ring]))
+            sky = stamp[ring & ~bad[cut]]
+            if sky.size < ring.sum() // 2:
+                continue
+            sums.append(stamp[inner].sum() - inner.sum() * np.median(sky))
     sums = np.array(sums)
     assert len(sums) > 100, "too few empty-sky apertures"
     return 1.4826 * np.median(np.abs(sums - np.median(sums)))
@@ -106,11 +112,11 @@ def test_stack_noise_matches_an_independent_plain_mean(run):
         f"aperture noise: stack {noise_stack:.1f}, plain mean {noise_plain:.1f}, "
         f"single {single:.1f} e-"
     )
-    # The stack is never noisier than a plain mean by more than 5 %; the clip may make it
-    # quieter. Measured: 156.1 against 156.4 e- with M51_I_001 as the reference (the
-    # earliest frame), 128.0 against 136.4 with the reference chosen for quality (the
-    # grid, and so the sub-pixel phases of every resampling, differ).
-    assert 0.90 * noise_plain <= noise_stack <= 1.05 * noise_plain
+    # The stack is never noisier than a plain mean of the same unmasked values by more than
+    # 5 %; the clip may make it quieter, rejecting outliers the plain mean keeps (next to the
+    # masked HOT pixels, residual hits). Measured on their own: 0.93 with the HOT pixels
+    # masked (reference M51_I_001); 0.94 with the reference chosen for quality (no masks).
+    assert 0.85 * noise_plain <= noise_stack <= 1.05 * noise_plain
     assert noise_stack < single / 2.5  # stacking 18 frames did reduce the noise
 
 

@@ -452,3 +452,28 @@ def test_nearest_good_pixel_is_the_distance_transform_choice():
     index = ndimage.distance_transform_edt(masked, return_distances=False, return_indices=True)
     want = np.ravel_multi_index((index[0].reshape(-1)[bad], index[1].reshape(-1)[bad]), shape)
     np.testing.assert_array_equal(where.reshape(-1)[bad].astype(np.int64), want)
+
+
+def test_defect_pixels_of_the_mask_make_no_stars_nor_spikes():
+    """HOT pixels (and a warm 3x3 cluster, which the sharpness test alone would take for
+    a star) carry their bit from the master dark: star detection ignores them."""
+    x, y, flux = _stars(n=60, seed=5)
+    ix, iy, value = _hot_pixels()
+    image = _image(x, y, flux, seed=6, hot=(ix, iy, value))
+    mask = np.zeros(SHAPE, np.uint16)
+    mask[iy, ix] = bits.HOT
+    cy, cx = 128, 40
+    image[cy - 1 : cy + 2, cx - 1 : cx + 2] += 3e3
+    mask[cy - 1 : cy + 2, cx - 1 : cx + 2] |= bits.HOT
+    defects = np.column_stack([np.r_[ix, cx], np.r_[iy, cy]]).astype(float)
+
+    def near(points):
+        points = np.asarray(points, float).reshape(-1, 2)
+        d = np.hypot(*(points[:, None, :] - defects[None, :, :]).transpose(2, 0, 1))
+        return int((d.min(axis=0) < 1.5).sum()) if len(points) else 0
+
+    plain = align.star_list(image)
+    assert near(plain["spikes"]) >= 35 and near(plain["stars"]) >= 1  # the cluster
+    masked = align.star_list(image, mask)
+    assert near(masked["spikes"]) == 0 and near(masked["stars"]) == 0
+    assert len(masked["stars"]) >= 0.8 * len(plain["stars"]) - 1

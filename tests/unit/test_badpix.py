@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ccdflow import bits
-from ccdflow.badpix import BAD_COLUMN, DEAD, HOT, bad_pixel_map, find_bad_columns, find_hot
+from ccdflow.badpix import bad_pixel_map, find_bad_columns, find_hot
+from ccdflow.bits import BAD_COLUMN, DEAD, HOT
 
 SHAPE = (256, 256)
 

@@ -118,3 +118,18 @@ def test_mask_bits_and_provenance(frame):
 def test_central_region_is_the_central_half():
     ys, xs = central_region((100, 60))
     assert (ys.start, ys.stop, xs.start, xs.stop) == (25, 75, 15, 45)
+
+
+def test_defect_bits_of_the_masters_reach_the_frame(frame):
+    """HOT of the dark, DEAD and BAD_COLUMN of the flat are inherited (a bias's are not
+    defects: it gets none); other master bits (a dark's COSMIC, say) are not."""
+    frame["dark"].mask[2, 3] = bits.HOT
+    frame["dark"].mask[4, 4] = bits.COSMIC
+    frame["flat"].mask[7, 8] = bits.DEAD
+    frame["flat"].mask[:, 20] = bits.BAD_COLUMN
+    out = calibrate_frame(_raw(frame), bias=frame["bias"], dark=frame["dark"], flat=frame["flat"])
+    assert out.mask[2, 3] == bits.HOT
+    assert out.mask[7, 8] == bits.DEAD
+    assert (out.mask[:, 20] == bits.BAD_COLUMN).all()
+    assert out.mask[4, 4] == 0
+    assert np.count_nonzero(out.mask & ~bits.SATURATED) == 2 + out.shape[0]

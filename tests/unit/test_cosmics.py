@@ -226,6 +226,48 @@ def test_inputs_untouched_and_premasked_pixels_not_flagged(frame):
     assert result.mask.dtype == bits.MASK_DTYPE
 
 
+def test_hot_pixels_of_the_mask_are_not_cosmic_rays(frame):
+    """A hot pixel left in a frame (a spike) carries bits.HOT from the master dark: it
+    goes to astroscrappy's inmask, so it is neither flagged, nor "cleaned", nor counted
+    in the cosmic-ray fraction. Without the bit the same spikes are flagged."""
+    data, mask = frame["data"].copy(), frame["mask"].copy()
+    rng = np.random.default_rng(4)
+    free = (mask == 0) & ~ndimage.binary_dilation(frame["cosmic"] | frame["core"], iterations=3)
+    ys, xs = np.nonzero(free[8:-8, 8:-8])
+    pick = rng.choice(ys.size, 20, replace=False)
+    ys, xs = ys[pick] + 8, xs[pick] + 8
+    data[ys, xs] += 3000.0
+    plain = clean_cosmics(data, mask, read_noise=frame["read_noise"])
+    assert _cosmic(plain)[ys, xs].mean() >= 0.9
+    mask[ys, xs] |= bits.HOT
+    result = clean_cosmics(data, mask, read_noise=frame["read_noise"])
+    assert not _cosmic(result)[ys, xs].any()
+    np.testing.assert_array_equal(result.data[ys, xs], data[ys, xs])  # not "cleaned"
+    assert (result.mask[ys, xs] == bits.HOT).all()
+    # the fraction counts the pixels it could flag: the hot ones are neither
+    n_valid = np.count_nonzero(mask == 0)
+    assert result.fraction == pytest.approx(result.n_flagged / n_valid)
+    assert result.n_flagged <= plain.n_flagged - 18
+
+
+def test_defect_pixels_do_not_hide_the_cosmic_rays_next_to_them(frame):
+    """A hot pixel next to a cosmic ray does not hide it: defect pixels are not in
+    astroscrappy's inmask (which it grows by a pixel), they take their nearest valid
+    neighbour's value; other bits (BAD) still hide their neighbours, as astroscrappy does."""
+    data, mask, cosmic = frame["data"], frame["mask"], frame["cosmic"]
+    ring = ndimage.binary_dilation(cosmic, np.ones((3, 3), bool)) & ~cosmic & (mask == 0)
+    next_to = ring & (np.random.default_rng(8).random(mask.shape) < 0.2)
+    hot = mask | np.where(next_to, bits.HOT, 0).astype(bits.MASK_DTYPE)
+    bad = mask | np.where(next_to, bits.BAD, 0).astype(bits.MASK_DTYPE)
+    rn = frame["read_noise"]
+    with_hot = _cosmic(clean_cosmics(data, hot, read_noise=rn))
+    with_bad = _cosmic(clean_cosmics(data, bad, read_noise=rn))
+    hits = cosmic & ~next_to
+    assert (with_hot & hits).sum() >= 0.95 * (frame["result"].mask & bits.COSMIC != 0)[hits].sum()
+    assert (with_bad & hits).sum() < (with_hot & hits).sum()
+    assert not (with_hot & next_to).any()
+
+
 def test_cosmic_rays_on_the_edge_are_flagged_and_cleaned():
     """astroscrappy leaves the outer 2 rows/columns alone; the padding covers them."""
     import astroscrappy

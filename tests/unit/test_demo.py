@@ -526,3 +526,36 @@ def test_dome_flats_have_the_lamp_illumination_and_leave_the_other_pixels_alone(
     assert abs(np.median(ratio) - 1) < noise and np.std(ratio - 1) < 1.3 * noise
     with pytest.raises(ValueError, match="n_dome_flats"):
         demo.NightSpec(camera="nameonly", n_dome_flats=1)
+
+
+def test_dead_pixels_and_bad_columns_are_in_the_flats_and_the_truth(tmp_path, capsys):
+    """--dead-fraction and --bad-column lower the response of those pixels in every
+    filter's flat (so in the raw flats and lights); truth/bad_pixels.fits names them, with
+    the hot pixels; every other raw file of a night without them is byte-identical."""
+    argv = ["--preset", "test", "--size", "24", "32"]
+    assert demo.main([str(tmp_path / "plain"), *argv]) == 0
+    extra = ["--dead-fraction", "0.01", "--bad-column", "7=0.3"]
+    assert demo.main([str(tmp_path / "bad"), *argv, *extra]) == 0
+    assert demo.main([str(tmp_path / "x"), *argv, "--bad-column", "99=0.3"]) == 2
+    assert "bad_columns" in capsys.readouterr().err
+    plain, bad = demo.load_truth(tmp_path / "plain"), demo.load_truth(tmp_path / "bad")
+    tb = bad["bad_pixels"]
+    assert ((tb & demo.TRUTH_COLUMN) != 0)[:, 7].all() and (tb & demo.TRUTH_COLUMN).sum() == 24 * 4
+    dead = (tb & demo.TRUTH_DEAD) != 0
+    assert dead.sum() == round(0.01 * 24 * 32)
+    assert (
+        ((tb & demo.TRUTH_HOT) != 0) == (bad["dark_rate"] != bad["spec"]["dark_current"])
+    ).all()
+    assert not (plain["bad_pixels"] & (demo.TRUTH_DEAD | demo.TRUTH_COLUMN)).any()
+    for f in bad["flat"]:
+        ratio = bad["flat"][f] / plain["flat"][f]
+        np.testing.assert_allclose(ratio[:, 7][~dead[:, 7]], 0.3, rtol=1e-5)
+        alone = dead & ((tb & demo.TRUTH_COLUMN) == 0)  # a dead pixel in the column: both
+        assert (ratio[alone] <= 0.5 + 1e-6).all() and (ratio[alone] >= 0.2 - 1e-6).all()
+        clean = (tb & (demo.TRUTH_DEAD | demo.TRUTH_COLUMN)) == 0
+        np.testing.assert_array_equal(ratio[clean], 1.0)
+    for f in plain["frames"]:
+        same = (tmp_path / "plain/raw" / f["file"]).read_bytes() == (
+            tmp_path / "bad/raw" / f["file"]
+        ).read_bytes()
+        assert same == (f["type"] in ("bias", "dark")), f["file"]

@@ -175,3 +175,53 @@ def test_a_header_read_noise_far_from_the_bias_pairs_warns_and_the_measured_one_
         assert rn["value"] == pytest.approx(spec["read_noise"], rel=0.1)
         assert len(warned) == 1
         assert f"{header_rn:.4g}" in warned[0] and f"{rn['value']:.4g}" in warned[0]
+
+
+KINDS = ("bias", "dark", "flat")
+
+
+def test_master_dark_and_flat_carry_their_defect_bits(tmp_path):
+    """The frame jobs' defect bits come from the masters: HOT pixels of the dark's rate
+    (recall >= 95 %), DEAD pixels and a BAD_COLUMN of the flat, counted in the header
+    and the record; off (badpix None), no defect bit at all."""
+    from ccdflow import badpix
+
+    truth = demo.make_night(
+        tmp_path / "n",
+        preset="test",
+        seed=2,
+        hot_pixel_fraction=3e-3,
+        dead_pixel_fraction=3e-3,
+        bad_columns=((40, 0.3),),
+        n_lights=1,
+        light_exptimes=(60.0,),
+        filters=("V",),
+        sky=(("V", 2.0),),
+        colour=(("V", 1.0),),
+    )
+    raw = truth["raw_dir"]
+    of = {k: [(raw / f["file"], 0) for f in truth["frames"] if f["type"] == k] for k in KINDS}
+    m = tmp_path / "m"
+    make_master_file("bias", of["bias"], m / "bias.fits", COMBINE)
+    on = {k: badpix.master_thresholds({}, k) for k in ("dark", "flat")}
+    dark = make_master_file(
+        "dark", of["dark"], m / "dark.fits", COMBINE, bias=m / "bias.fits", badpix=on["dark"]
+    )
+    scales = [2.0 / 300] * len(of["flat"])
+    kw = dict(bias=m / "bias.fits", dark=m / "dark.fits", dark_scales=scales)
+    flat = make_master_file(
+        "flat", of["flat"], m / "flat.fits", FLAT_COMBINE, **kw, badpix=on["flat"]
+    )
+    off = make_master_file("flat", of["flat"], m / "flat_off.fits", FLAT_COMBINE, **kw)
+    tb = truth["bad_pixels"]
+    hot, dead = (tb & demo.TRUTH_HOT) != 0, (tb & demo.TRUTH_DEAD) != 0
+    assert ((dark.mask[hot] & bits.HOT) != 0).mean() >= 0.95
+    assert np.count_nonzero(((dark.mask & bits.HOT) != 0) & ~hot) <= 0.0005 * tb.size
+    assert ((flat.mask[dead] & (bits.DEAD | bits.FLAT_LOW)) != 0).mean() >= 0.95
+    assert ((flat.mask[:, 40] & bits.BAD_COLUMN) != 0).mean() >= 0.95
+    assert not (flat.mask & bits.HOT).any() and not (dark.mask & bits.DEAD).any()
+    assert not (off.mask & bits.DEFECT_BITS).any()
+    assert dark.header["NHOT"] == np.count_nonzero(dark.mask & bits.HOT)
+    assert flat.header["NBADCOL"] == np.count_nonzero(flat.mask & bits.BAD_COLUMN)
+    _, _, _, written = read_product(m / "flat.fits")
+    np.testing.assert_array_equal(written, flat.mask)

@@ -149,6 +149,29 @@ def test_masks_are_honoured(tmp_path):
     assert kept.header["REJBITS"] == stack.ALL_BITS & ~int(bits.SATURATED)
 
 
+def test_defect_pixels_are_left_out_by_default(tmp_path):
+    """HOT, DEAD and BAD_COLUMN are among the default reject bits: a hot pixel of one
+    frame (its value far off) does not reach the stack, the others' mean does."""
+    assert stack.ALL_BITS & bits.DEFECT_BITS == bits.DEFECT_BITS
+    rng = np.random.default_rng(3)
+    shape, sky, sigma = (40, 50), 100.0, 5.0
+    paths, clean = [], []
+    for i, bit in enumerate((bits.HOT, bits.DEAD, bits.BAD_COLUMN, 0)):
+        data = sky + sigma * rng.standard_normal(shape)
+        clean.append(data.copy())
+        mask = np.zeros(shape, bits.MASK_DTYPE)
+        if bit:
+            data[10 + i, 20] = 5e4  # the defect's value: far off
+            mask[10 + i, 20] = bit
+        paths.append(_write(tmp_path, f"d{i}.fits", data, sigma, mask))
+    res = stack_files(paths, clip=Clip(method="mean"))
+    for i in range(3):
+        others = [clean[j][10 + i, 20] for j in range(4) if j != i]
+        assert res.coverage[10 + i, 20] == 3
+        assert res.data[10 + i, 20] == pytest.approx(np.mean(others), rel=1e-5)
+    assert res.header["REJBITS"] & bits.DEFECT_BITS == bits.DEFECT_BITS
+
+
 def test_a_pixel_only_cleaned_cosmic_rays_cover_takes_their_cleaned_value(tmp_path):
     # A one-frame stack (and a pixel hit in every frame) has no unflagged value at a
     # cosmic-ray pixel; the frames hold its cleaned value: use it, flagged COSMIC.

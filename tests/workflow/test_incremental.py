@@ -49,6 +49,7 @@ def everything(night, references=0):
         make_master_bias=1,
         make_master_dark=3,
         make_master_flat=2,
+        make_bad_pixel_map=1,
         measure_detector=1,
         collect_calibration_qc=1,
     )
@@ -150,9 +151,15 @@ def test_half_copied_frame_is_skipped_then_picked_up_when_complete(night):
 def test_new_flat_reruns_that_filter_only(night):
     night.add(LATER[1])
     # master flat R; the 5 R lights (2 at 120 s, 3 at 60 s); the 2 R stacks
-    # and the detector measurement (its flat pairs)
+    # and the detector measurement (its flat pairs); the setup's bad-pixel map (for
+    # people: no frame job reads it, so the V lights keep their jobs)
     assert night.plan() == jobs(
-        frames=5, groups=2, make_master_flat=1, measure_detector=1, collect_calibration_qc=1
+        frames=5,
+        groups=2,
+        make_master_flat=1,
+        make_bad_pixel_map=1,
+        measure_detector=1,
+        collect_calibration_qc=1,
     )
     night.run()
 
@@ -162,7 +169,9 @@ def test_new_dark_exposure_reruns_its_master_and_the_lights_that_use_it(night):
         night.add(name)
     # 120 s lights switch from the scaled 300 s dark to the new 120 s one; 60 s lights
     # and the flats keep the 60 s dark
-    assert night.plan() == jobs(frames=4, groups=2, make_master_dark=1, collect_calibration_qc=1)
+    assert night.plan() == jobs(
+        frames=4, groups=2, make_master_dark=1, make_bad_pixel_map=1, collect_calibration_qc=1
+    )
     night.run()
     frames = read_tsv(night.work / "results/index/frames.tsv")
     assert any(f["expgroup"] == "120" and f["imagetyp"] == "dark" for f in frames)
@@ -199,6 +208,26 @@ def test_quality_threshold_reruns_selections_and_stacks_not_frame_jobs(night, tm
     cfg = tmp_path / "gate.yaml"
     cfg.write_text(yaml.safe_dump({"selection": {"max_saturated_fraction": 0.2}}))
     assert night.plan(cfg) == jobs(groups=4)
+    night.extra.append(cfg)
+    night.run()
+
+
+def test_flat_defect_threshold_reruns_the_flats_and_their_lights_not_bias_or_darks(
+    night, tmp_path
+):
+    """A flat's DEAD / BAD_COLUMN threshold is a parameter of make_master_flat only: the
+    flats, every light (all use a flat), the stacks and the bad-pixel map rerun; the bias
+    and the darks, which get no flat bits, do not."""
+    cfg = tmp_path / "badpix.yaml"
+    cfg.write_text(yaml.safe_dump({"badpix": {"low_fraction": 0.6}}))
+    n_lights = len(list(night.raw.glob("light_*.fits")))
+    assert night.plan(cfg) == jobs(
+        frames=n_lights,
+        groups=4,
+        make_master_flat=2,
+        make_bad_pixel_map=1,
+        collect_calibration_qc=1,
+    )
     night.extra.append(cfg)
     night.run()
 

@@ -49,6 +49,7 @@ def test_dry_run_plans_the_whole_night(run):
         "make_master_dark": 1,
         "make_master_flat": 2,
         "choose_reference": 4,
+        "make_bad_pixel_map": 1,
         "process_frame": 8,
         "select_frames": 4,
         "stack_group": 4,

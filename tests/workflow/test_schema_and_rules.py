@@ -85,6 +85,19 @@ def test_illumination_and_flat_kind_defaults_are_the_library_defaults():
         assert tuple(kinds[kind]["default"]) == values, kind
 
 
+def test_bad_pixel_defaults_are_the_library_defaults():
+    """STYLE 16: every threshold of ccdflow.badpix.DEFAULTS is a key of ``badpix`` with
+    the same default in config.yaml and in the schema; each master kind's keys exist."""
+    from ccdflow.badpix import DEFAULTS, MASTER_KEYS
+
+    schema = SCHEMA["properties"]["badpix"]["properties"]
+    for key, value in DEFAULTS.items():
+        assert CONFIG["badpix"][key] == value, key
+        assert schema[key]["default"] == value, key
+    assert {k for keys in MASTER_KEYS.values() for k in keys} == set(DEFAULTS)
+    assert CONFIG["badpix"]["enabled"] is True and CONFIG["badpix"]["user_map"] is None
+
+
 def test_rules_are_verb_object_and_have_their_script():
     assert {
         "make_master_bias",

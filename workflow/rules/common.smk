@@ -13,6 +13,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 import ccdflow
+from ccdflow import badpix as ccd_badpix
 from ccdflow import inventory as ccd_inventory
 from ccdflow import library as ccd_library
 from ccdflow import plan as ccd_plan
@@ -116,8 +117,13 @@ for _r in REJECTED:
     print(f"ccdflow: skipped {_r['path']}: {_r['reason']} {_r['detail']}", file=sys.stderr)
 for _r in _library_skipped:
     print(f"ccdflow: library: skipped {_r['path']}: {_r['detail']}", file=sys.stderr)
+BPM_MASTERS = ccd_plan.bad_pixel_map_masters(PLAN)
 _orphans = ccd_workdir.orphaned_products(
-    ".", PLAN.lights, GROUPS, [m.path for m in PLAN.masters.values()]
+    ".",
+    PLAN.lights,
+    GROUPS,
+    [m.path for m in PLAN.masters.values()]
+    + [f"results/masters/bpm_{setup}.fits" for setup in BPM_MASTERS],
 )
 if _orphans:
     print(
@@ -135,9 +141,18 @@ for _path, _mtime in FUTURE.items():
     )
 
 
+USER_MAP = config["badpix"]["user_map"]
+if USER_MAP and not Path(USER_MAP).expanduser().is_file():
+    raise WorkflowError(
+        f"badpix.user_map {USER_MAP!r} is not a file (a FITS image, non-zero = bad pixel;"
+        " a relative path is relative to the working directory); fix it or set it to null"
+    )
+
+
 wildcard_constraints:
     tag=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     reference=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
+    setup=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     frame=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
     group=r"[A-Za-z0-9.+-][A-Za-z0-9._+-]*",
 
@@ -225,6 +240,8 @@ def frame_inputs(wildcards):
     if MEASURED and row["record"]["setup"] in detector_setups():
         # detector.gain / read_noise: measured (a new bias or flat reruns these frames)
         out["detector"] = "results/qc/detector.json"
+    if USER_MAP:
+        out["user_map"] = USER_MAP
     return out
 
 
@@ -376,6 +393,17 @@ def sky_dome_identity(wildcards):
     return _master("flat", wildcards).identity()
 
 
+def bpm_inputs(wildcards):
+    """Input function of make_bad_pixel_map: the setup's master darks and flats."""
+    try:
+        out = {"masters": BPM_MASTERS[wildcards.setup]}
+    except KeyError:
+        raise WorkflowError(f"no master dark or flat of setup {wildcards.setup}") from None
+    if USER_MAP:
+        out["user_map"] = USER_MAP
+    return out
+
+
 def master_records(wildcards):
     """Input function of collect_calibration_qc: the JSON record of every master made."""
     return [f"results/masters/{name}.json" for name in sorted(PLAN.masters)]
@@ -417,7 +445,8 @@ def final_outputs():
     qc = ["results/qc/frames.tsv", "results/report/index.html"] if GROUPS else []
     qc += ["results/qc/calibration.tsv"] if PLAN.masters else []
     detector = ["results/qc/detector.json"] if detector_setups() else []
-    return masters + frames + stacks + raw_stacks + previews + qc + detector
+    bpm = [f"results/masters/bpm_{setup}.fits" for setup in BPM_MASTERS]
+    return masters + bpm + frames + stacks + raw_stacks + previews + qc + detector
 
 
 def report_inputs(wildcards):

@@ -42,6 +42,7 @@ rule process_frame:
         mem_mb=1500,
     params:
         raw=frame_raw,
+        user_map=USER_MAP,
         calibration=frame_calibration,
         cosmics=config["cosmics"],
         align=frame_align,

@@ -42,6 +42,7 @@ rule make_master_dark:
         **master_params("dark"),
         combine=config["combine"]["dark"],
         gates=config["calibration"]["gates"],
+        badpix=ccd_badpix.master_thresholds(config["badpix"], "dark"),
         version=VERSION,
     script:
         "../../scripts/make_master_dark.py"
@@ -67,6 +68,7 @@ rule make_master_flat:
         gates=config["calibration"]["gates"],
         floor=config["calibration"]["flat_floor"],
         illumination=ILLUMINATION,
+        badpix=ccd_badpix.master_thresholds(config["badpix"], "flat"),
         version=VERSION,
     script:
         "../../scripts/make_master_flat.py"
@@ -101,6 +103,26 @@ rule combine_sky_dome_flat:
         version=VERSION,
     script:
         "../../scripts/combine_sky_dome_flat.py"
+
+
+# Union of the defect bits (HOT, DEAD, BAD_COLUMN) of a setup's master darks and flats,
+# and the user map: for people and the QC. No frame job reads it: each frame inherits the
+# bits of the masters it uses (DESIGN §7 rows for new darks and flats hold unchanged).
+rule make_bad_pixel_map:
+    input:
+        unpack(bpm_inputs),
+    output:
+        bpm="results/masters/bpm_{setup}.fits",
+    log:
+        "logs/make_bad_pixel_map/{setup}.log",
+    conda:
+        "../../envs/ccdflow.yaml"
+    resources:
+        mem_mb=1000,
+    params:
+        version=VERSION,
+    script:
+        "../../scripts/make_bad_pixel_map.py"
 
 
 # Gain and read noise measured from pairs of the raw biases and flats, per setup, beside
