@@ -135,7 +135,8 @@ def test_with_the_option_off_the_plan_is_as_before_and_a_warning_suggests_it(run
 
 def test_new_dome_flat_reruns_that_filter_only(runs):
     """DESIGN §7 with the option on: a new flat in V reruns V's dome master, V's
-    combination, the V lights and stacks, and the tables that list them; no R master, no
+    combination, the V lights and stacks, the setup's bad-pixel map and the tables that list
+    them; no R master, no
     R light, no bias or dark."""
     raw = runs["truth"]["raw_dir"]
     shutil.copy2(runs["held"] / LATER, raw / LATER)
@@ -148,6 +149,7 @@ def test_new_dome_flat_reruns_that_filter_only(runs):
         "process_frame": 4,  # the V lights, 2 at 60 s and 2 at 120 s
         **dict.fromkeys(per_group, 2),
         "measure_detector": 1,  # its flat pairs
+        "make_bad_pixel_map": 1,  # the union of the setup's masters' defect bits
         "collect_calibration_qc": 1,
         "collect_qc": 1,
         "make_report": 1,
