@@ -160,7 +160,7 @@ def test_a_user_map_of_another_shape_rejects_the_frame_naming_both(run, tmp_path
         calibration={"gain": 1.5, "read_noise": 6.0},
         cosmics={"enabled": False},
         align={},
-        reference=name,
+        reference=None,  # the frame is its own reference
         user_map=wrong,
     )
     assert record["status"] == "rejected" and record["reason"] == "user_map_shape"
