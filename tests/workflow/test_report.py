@@ -137,7 +137,10 @@ def test_night_report_in_the_browser(reduced, browser):
         "return Array.from(document.images).map(function (i) {"
         " return [i.alt, i.complete, i.naturalWidth]; })"
     )
-    masters = sorted(p.name for p in (work / "results/masters").glob("*.fits"))
+    # the masters of the plan (the bad-pixel maps bpm_{setup} are not shown)
+    masters = sorted(
+        p.name for p in (work / "results/masters").glob("*.fits") if not p.name.startswith("bpm_")
+    )
     groups = {f["group"] for f in read_tsv(work / "results/qc/frames.tsv")}
     # every master and the profiles of each bias; per group: the stack beside its raw
     # stack, a frame with its cosmic-ray mask, the quality plot, the lineage graph
