@@ -199,16 +199,40 @@ def test_a_master_without_good_frames_is_an_explicit_empty_master_that_rejects_i
     # a master made with an empty master bias is empty too, naming it
     flats = night["good"]
     make_master_file(
-        "flat", flats, tmp_path / "flat_up.fits", FLAT_COMBINE, bias=path, record=tmp_path / "u.json"
+        "flat",
+        flats,
+        tmp_path / "flat_up.fits",
+        FLAT_COMBINE,
+        bias=path,
+        record=tmp_path / "u.json",
     )
     up = json.loads((tmp_path / "u.json").read_text())
     assert up["status"] == "empty" and len(up["frames"]) == len(flats)
     assert {r["reason"] for r in up["frames"]} == {"no_good_master"}
     assert "flat_empty.fits" in fits.getheader(tmp_path / "flat_up.fits")["EMPTYWHY"]
 
-    # the bad-pixel map leaves the empty master out
+    # a sky/dome combination with an empty part is empty, naming it
+    from ccdflow.tasks import combine_flat_file
+
     _flat(night, night["good"], "flat_good")
-    bpm = bad_pixel_map_file([path, night["out"] / "flat_good.fits"], tmp_path / "bpm.fits", setup="s")
+    illumination = {"degree": 2, "bin": 16}
+    combine_flat_file(
+        path,
+        night["out"] / "flat_good.fits",
+        tmp_path / "comb.fits",
+        tmp_path / "comb.json",
+        illumination=illumination,
+    )
+    assert fits.getheader(tmp_path / "comb.fits")["EMPTYWHY"] == "flat_empty.fits is empty"
+    calibration_table([tmp_path / "comb.json"], tmp_path / "comb.tsv")
+    assert [(r["status"], r["reason"]) for r in read_tsv(tmp_path / "comb.tsv")] == [
+        ("empty", "no_good_master")
+    ]
+
+    # the bad-pixel map leaves the empty master out
+    bpm = bad_pixel_map_file(
+        [path, night["out"] / "flat_good.fits"], tmp_path / "bpm.fits", setup="s"
+    )
     assert bpm.shape == read_product(night["out"] / "flat_good.fits")[0].shape
 
 
