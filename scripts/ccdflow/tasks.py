@@ -234,8 +234,7 @@ def empty_master_file(kind, output, record, frames, why, reason, identity=None, 
         write_json(record, content | (extra or {}))
     reasons = "; ".join(f"{r['frame']}: {r['reason']}" for r in frames)
     log.warning(
-        "master %s is empty (%s): %s (%s); the frames that need it are rejected "
-        "(no_good_master)",
+        "master %s is empty (%s): %s (%s); the frames that need it are rejected (no_good_master)",
         Path(output).name,
         reason,
         why,
