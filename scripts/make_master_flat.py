@@ -9,6 +9,7 @@ make_master_file(
     output=snakemake.output.master,
     record=snakemake.output.record,
     gates=snakemake.params.gates,
+    missing_master=snakemake.params.missing_master,
     combine=snakemake.params.combine,
     bias=snakemake.input.get("bias"),
     dark=snakemake.input.get("dark"),

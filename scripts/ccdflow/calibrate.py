@@ -59,6 +59,11 @@ class MasterError(ValueError):
     #: bad input, not a bug: a job stops with the message only (`ccdflow.tasks.setup_logging`)
     user_error = True
 
+    def __init__(self, message, frames=()):
+        super().__init__(message)
+        #: per input frame, the gates' decision (`gate_calibration_frames`), each rejected
+        self.frames = list(frames)
+
 
 def central_region(shape, fraction=0.5):
     """Slices of the central ``fraction`` of each axis (flat normalisation region)."""
@@ -657,7 +662,8 @@ def _report_exclusions(kind, qc, keep):
         why = "; ".join(f"{row['frame']}: {row['reason']} ({row['detail']})" for row in bad)
         raise MasterError(
             f"no master {kind}: every input frame failed its gates ({why}); check these "
-            "files, or the calibration.gates thresholds"
+            "files, or the calibration.gates thresholds",
+            qc,
         )
     if bad:
         log.warning("master %s made from %d of its %d frames", kind, len(keep), len(qc))

@@ -223,6 +223,28 @@ def choose_read_noise(value, source, measured_adu, gain, bias_name, max_ratio=1.
     return measured, f"measured:{bias_name} ({source} {value:.4g} disagreed)"
 
 
+def _reject_empty_masters(raw_path, masters):
+    """A :class:`ccdflow.io.FrameError` (reason ``no_good_master``, step ``calibrate``)
+    when a master the frame needs is an empty one (`ccdflow.tasks.empty_master_file`):
+    the detail names the master, why it is empty and its frames' reasons."""
+    for kind, path in masters.items():
+        header = io.empty_product(path) if path else None
+        if header is None:
+            continue
+        frames = [str(header[k]) for k in sorted(header) if k[:4] == "EXCL" and k[4:].isdigit()]
+        detail = (
+            f"master {kind} {Path(path).name} holds no image: "
+            f"{header.get('EMPTYWHY', 'no input frame passed its gates')}"
+            + (f" ({'; '.join(frames)})" if frames else "")
+            + "; see its record results/masters/"
+            + Path(path).stem
+            + ".json"
+        )
+        error = FrameError(raw_path, "no_good_master", detail)
+        error.step = "calibrate"
+        raise error
+
+
 def _calibrate(
     raw_path, hdu, masters, calibration, overscan, steps, detector_record, user_map=None
 ):
@@ -231,6 +253,7 @@ def _calibrate(
 
     with steps("read"):
         raw = read_raw(raw_path, hdu)
+        _reject_empty_masters(raw_path, masters)
         loaded = {k: load_master(p, fast=True) for k, p in masters.items() if p}
     with steps("calibrate"):
         raw = calibrate.prepare_raw(raw, overscan, calibration.get("saturation"), raw_path)

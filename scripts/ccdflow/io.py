@@ -22,6 +22,7 @@ __all__ = [
     "Header",
     "ImageRows",
     "ccd_hdulist",
+    "empty_product",
     "quick_header",
     "read_frame",
     "read_product",
@@ -112,6 +113,19 @@ def _fast_primary_header(path):
                     cards[key] = _parse_value(card[10:])
             if nbytes > 1000 * _BLOCK:  # no END in 2.8 MB: not a sane header
                 return None
+
+
+def empty_product(path):
+    """The primary header cards (a dict) of a header-only product (``NAXIS = 0``: a
+    rejected frame's file, an empty group's stack, an empty master), else None."""
+    parsed = _fast_primary_header(path)
+    if parsed is None:
+        from astropy.io import fits
+
+        header = dict(fits.getheader(path, 0))
+    else:
+        header = parsed[0]
+    return header if int(header.get("NAXIS", 0) or 0) == 0 else None
 
 
 def _data_bytes(header):

@@ -19,7 +19,7 @@ __all__ = ["IDENTITY", "scan_library"]
 
 from pathlib import Path
 
-from ccdflow.io import FrameError, quick_header
+from ccdflow.io import FrameError, empty_product, quick_header
 from ccdflow.plan import MasterSpec, night_of
 
 #: Header keywords that identify a master for reuse, with their comments.
@@ -78,6 +78,10 @@ def scan_library(folders, overscan=False, utc_offset_hours=0.0):
 
 def _read(path, overscan, utc_offset_hours):
     try:
+        empty = empty_product(path)
+        if empty is not None and empty.get("PIPELINE") == "ccdflow":
+            why = empty.get("EMPTYWHY", "no input frame passed its gates")
+            return None, ("empty_master", f"an empty master (no image): {why}")
         header = quick_header(path)
     except (FrameError, OSError) as exc:
         return None, ("unreadable", str(getattr(exc, "detail", exc)))

@@ -40,7 +40,7 @@ def truth_report(workdir, truth):
         ``ratio`` (value / expected; about 1 means noise-limited).
     """
     from ccdflow import demo
-    from ccdflow.io import read_product
+    from ccdflow.io import empty_product, read_product
 
     workdir = Path(workdir)
     g, rn = truth["spec"]["gain"], truth["spec"]["read_noise"]
@@ -48,6 +48,8 @@ def truth_report(workdir, truth):
     n_of = {t: sum(r["imagetyp"] == t for r in frames) for t in ("bias", "dark", "flat")}
     out = []
     for path in sorted((workdir / "results/masters").glob("bias_*.fits")):
+        if empty_product(path) is not None:  # an empty master: no image to compare
+            continue
         data, header = read_product(path)[:2]
         expected = rn / g / np.sqrt(n_of["bias"])
         true = truth["bias"]
@@ -58,6 +60,8 @@ def truth_report(workdir, truth):
             dict(product=path.name, measure="rms vs true bias (ADU)", value=rms, expected=expected)
         )
     for path in sorted((workdir / "results/masters").glob("dark_*.fits")):
+        if empty_product(path) is not None:  # an empty master: no image to compare
+            continue
         data, header = read_product(path)[:2]
         t = float(header["EXPTIME"])
         n = int(header["NCOMBINE"])
@@ -78,6 +82,8 @@ def truth_report(workdir, truth):
         if f["type"] == "flat":
             levels.setdefault(f["filter"], []).append(f["level_e"])
     for path in sorted((workdir / "results/masters").glob("flat_*.fits")):
+        if empty_product(path) is not None:  # an empty master: no image to compare
+            continue
         data, header = read_product(path)[:2]
         # the filter of the flat's inputs, whatever keyword the camera writes it in
         first = {f["file"]: f for f in truth["frames"]}.get(str(header.get("IMCMB001", "")))
@@ -98,7 +104,7 @@ def truth_report(workdir, truth):
     zs = []
     for path in sorted((workdir / "results/calibrated").glob("*.fits")):
         frame = by_stem.get(path.stem)
-        if frame is None:
+        if frame is None or empty_product(path) is not None:
             continue
         data, _, unc, mask = read_product(path)
         expected = demo.expected_electrons(truth, frame)
@@ -222,8 +228,20 @@ def format_summary(workdir, truth=None):
         lines.append(f"  {t:6s} {f:10s} {e:>8s} s  {n:4d}")
     rejected = _rows(workdir / "results/index/rejected.tsv")
     lines.append(f"  rejected: {len(rejected)} (results/index/rejected.tsv)")
-    masters = sorted(p.name for p in (workdir / "results/masters").glob("*.fits"))
+    from ccdflow.io import empty_product
+
+    masters, empty_masters = [], []
+    for path in sorted((workdir / "results/masters").glob("*.fits")):
+        header = empty_product(path)
+        if header is None:
+            masters.append(path.name)
+        elif not path.name.startswith("bpm_"):
+            why = header.get("EMPTYWHY", "")
+            empty_masters.append(f"  {path.name}: empty ({header.get('QCREASON', '')}: {why})")
     lines += ["", f"Masters made: {len(masters)}", *(f"  {m}" for m in masters)]
+    if empty_masters:
+        lines += [f"Empty masters (their frames rejected, no_good_master): {len(empty_masters)}"]
+        lines += empty_masters
     bpms = sorted((workdir / "results/masters").glob("bpm_*.fits"))
     if bpms:
         from astropy.io import fits
@@ -231,6 +249,9 @@ def format_summary(workdir, truth=None):
         lines += ["", "Bad pixels per setup (results/masters/bpm_{setup}.fits):"]
         for path in bpms:
             h = fits.getheader(path)
+            if "NBADPIX" not in h:  # every master of the setup was empty
+                lines.append(f"  {path.stem.removeprefix('bpm_')}: none (every master empty)")
+                continue
             counts = ", ".join(
                 f"{name} {h[card]}"
                 for name, card in (

@@ -99,6 +99,7 @@ def make_master_file(
     record=None,
     illumination=None,
     badpix=None,
+    missing_master="exclude",
 ):
     """Combine raw frames ``[(path, hdu), ...]`` into the master ``output`` (FITS).
 
@@ -116,6 +117,13 @@ def make_master_file(
     ``badpix``: the master's defect thresholds
     (`ccdflow.badpix.master_thresholds`; None: no defect bits), see
     `ccdflow.calibrate.make_master`.
+
+    ``missing_master`` (``calibration.missing_master``): when no input frame passes the
+    gates, or the master bias or dark it subtracts is itself empty, ``'exclude'`` writes
+    an empty master (`empty_master_file`: no image, every frame's reason) and returns
+    None, so that the frames needing it are rejected (reason ``no_good_master``) and the
+    rest of the night is reduced; ``'error'`` stops the job with
+    `ccdflow.calibrate.MasterError` (the message names each frame and why).
     """
     from ccdflow import calibrate
     from ccdflow.combine import Clip
@@ -123,20 +131,40 @@ def make_master_file(
 
     t0 = time.perf_counter()
     log.info("%s master from %d frames -> %s", kind, len(frames), output)
-    master = calibrate.make_master(
-        frames,
-        kind,
-        Clip.from_config(combine),
-        bias=load_master(bias) if bias else None,
-        dark=load_master(dark) if dark else None,
-        dark_scales=dark_scales,
-        saturation=saturation,
-        mem_limit_mb=mem_limit_mb,
-        flat_floor=flat_floor,
-        overscan=overscan,
-        gates=gates,
-        badpix=badpix,
-    )
+    for upstream in (bias, dark):
+        if upstream and io.empty_product(upstream) is not None:
+            why = f"{Path(upstream).name} is empty"
+            detail = f"needs {Path(upstream).name}, which holds no image (see its record)"
+            if missing_master == "error":
+                raise calibrate.MasterError(f"no master {kind}: it {detail}")
+            rows = [
+                {"frame": Path(str(p)).name, "status": "rejected", "reason": "no_good_master"}
+                | {"value": None, "threshold": None, "detail": detail}
+                for p, _ in frames
+            ]
+            empty_master_file(kind, output, record, rows, why, "no_good_master", identity)
+            return None
+    try:
+        master = calibrate.make_master(
+            frames,
+            kind,
+            Clip.from_config(combine),
+            bias=load_master(bias) if bias else None,
+            dark=load_master(dark) if dark else None,
+            dark_scales=dark_scales,
+            saturation=saturation,
+            mem_limit_mb=mem_limit_mb,
+            flat_floor=flat_floor,
+            overscan=overscan,
+            gates=gates,
+            badpix=badpix,
+        )
+    except calibrate.MasterError as exc:
+        if missing_master == "error" or not exc.frames:
+            raise
+        why = "every input frame failed its gates"
+        empty_master_file(kind, output, record, exc.frames, why, "no_good_frames", identity)
+        return None
     kept = [i for i, row in enumerate(master.frames) if row["status"] == "ok"]
     excluded = [row for row in master.frames if row["status"] != "ok"]
     fingerprints = [fingerprints[i] for i in kept] if fingerprints else ()
@@ -174,6 +202,44 @@ def make_master_file(
         ", ".join(f"{k}={master.header[k]}" for k in ("COMBMETH", "NCOMBINE")),
     )
     return master
+
+
+def empty_master_file(kind, output, record, frames, why, reason, identity=None, extra=None):
+    """An explicit empty master: a header-only FITS (``NAXIS = 0``, ``NCOMBINE = 0``,
+    ``QCSTATUS = 'empty'``, ``QCREASON`` = ``reason``, ``EMPTYWHY`` = ``why``, every
+    frame in ``EXCLnnn``) and its JSON ``record`` listing ``frames`` (each with its
+    reason, so ``results/qc/calibration.tsv`` lists them); a warning names the master
+    and why. A frame job given it rejects its frame (reason ``no_good_master``,
+    `ccdflow.framejob`)."""
+    from astropy.io import fits
+
+    from ccdflow.framejob import write_json
+    from ccdflow.library import IDENTITY
+
+    header = fits.Header()
+    provenance.stamp(header, f"MASTER_{kind.upper()}")
+    provenance.add_step(header, "NCOMBINE", 0)
+    provenance.add_step(header, "QCSTATUS", "empty")
+    provenance.add_step(header, "QCREASON", reason)
+    provenance.add_step(header, "EMPTYWHY", why[:68])
+    for key, value in (identity or {}).items():
+        if value not in (None, ""):
+            header[key] = (value, IDENTITY[key])
+    _record_exclusions(header, {"excluded": frames})
+    header.add_comment(f"no master {kind}: {why}"[:4000])
+    io.write_hdulist(output, io.ccd_hdulist(None, header))
+    if record:
+        content = {"master": Path(output).stem, "kind": kind, "status": "empty"}
+        content |= {"reason": reason, "detail": why, "frames": frames}
+        write_json(record, content | (extra or {}))
+    reasons = "; ".join(f"{r['frame']}: {r['reason']}" for r in frames)
+    log.warning(
+        "master %s is empty (%s): %s (%s); the frames that need it are rejected (no_good_master)",
+        Path(output).name,
+        reason,
+        why,
+        reasons or "no frames",
+    )
 
 
 def _fit_illumination(data, mask, cfg, header, name):
@@ -243,6 +309,13 @@ def combine_flat_file(sky, dome, output, record, *, illumination, flat_floor=0.1
     from ccdflow.library import IDENTITY
 
     t0 = time.perf_counter()
+    empty = [p for p in (sky, dome) if io.empty_product(p) is not None]
+    if empty:  # an empty part makes the combination empty
+        names = " and ".join(Path(p).name for p in empty)
+        combination = {"combination": {"sky": Path(sky).stem, "dome": Path(dome).stem}}
+        why = f"{names} {'is' if len(empty) == 1 else 'are'} empty"
+        empty_master_file("flat", output, record, [], why, "no_good_master", identity, combination)
+        return
     s, d = load_master(sky), load_master(dome)
     log.info("combined flat %s: the shape of %s with the pixels of %s", output, s.name, d.name)
     flat, fits_of = combine_sky_dome(
@@ -328,7 +401,12 @@ def bad_pixel_map_file(masters, output, *, setup, user_map=None):
     from ccdflow import calibrate
 
     out = None
+    empty = [path for path in masters if io.empty_product(path) is not None]
+    if empty:
+        log.warning("setup %s: empty masters left out: %s", setup, [Path(p).name for p in empty])
     for path in masters:
+        if path in empty:
+            continue
         _, _, _, mask = io.read_product(path)
         if mask is None:
             continue
@@ -336,6 +414,13 @@ def bad_pixel_map_file(masters, output, *, setup, user_map=None):
         if out is not None and mask.shape != out.shape:
             raise ValueError(f"{path}: shape {mask.shape}, other masters of {setup} {out.shape}")
         out = mask if out is None else out | mask
+    if out is None and empty and len(empty) == len(masters):
+        header = fits.Header()
+        provenance.stamp(header, "BAD_PIXEL_MAP")
+        provenance.add_step(header, "QCSTATUS", "empty")
+        header.add_comment(f"no bad-pixel map: every master of setup {setup} is empty")
+        io.write_hdulist(output, io.ccd_hdulist(None, header))
+        return None
     if out is None:
         raise ValueError(f"setup {setup}: no master with a mask plane among {list(masters)}")
     header = fits.Header()
@@ -677,11 +762,15 @@ def calibration_table(records, output):
         rows += [{"master": rec["master"], **row, **illum} for row in rec["frames"]]
         if "combination" in rec:  # a sky/dome combination: one row of its own
             c = rec["combination"]
+            detail = f"pixel structure of {c['dome']}, low-order shape of {c['sky']}"
+            if rec.get("status") == "empty":
+                detail = f"no image: {rec['detail']}"
             rows.append(
                 {
                     "master": rec["master"],
-                    "status": "combined",
-                    "detail": f"pixel structure of {c['dome']}, low-order shape of {c['sky']}",
+                    "status": rec.get("status", "combined"),
+                    "reason": rec.get("reason", ""),
+                    "detail": detail,
                     **illum,
                 }
             )

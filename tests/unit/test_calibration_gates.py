@@ -97,10 +97,10 @@ def test_a_noisy_bias_is_left_out(night, tmp_path):
     assert master.header["NCOMBINE"] == len(night["biases"])
 
 
-def test_a_master_whose_every_frame_fails_names_each_and_why(night):
+def test_with_missing_master_error_a_master_whose_every_frame_fails_names_each_and_why(night):
     bad = write_bad_flats(night["truth"], night["out"] / "bad")
     with pytest.raises(calibrate.MasterError, match=bad["zero"].name + ": no_signal"):
-        _flat(night, [(bad["zero"], 0)], "flat_none")
+        _flat(night, [(bad["zero"], 0)], "flat_none", missing_master="error")
     assert not (night["out"] / "flat_none.fits").exists()
 
 
@@ -120,7 +120,9 @@ def test_gate_defaults_are_the_config_defaults():
         assert gate.reason in props[key]["description"], key
 
 
-def test_a_master_without_frames_stops_its_job_with_the_message_only(night, tmp_path):
+def test_with_missing_master_error_a_master_without_frames_stops_its_job_with_the_message(
+    night, tmp_path
+):
     # a user error, not a bug: the job's stderr and log hold the message, no traceback
     import subprocess
     import sys
@@ -131,12 +133,107 @@ def test_a_master_without_frames_stops_its_job_with_the_message_only(night, tmp_
         "from ccdflow.tasks import make_master_file, setup_logging\n"
         f"setup_logging({str(log)!r})\n"
         f"make_master_file('flat', [({str(bad['zero'])!r}, 0)], {str(tmp_path / 'f.fits')!r},"
-        " {'method': 'median'})\n"
+        " {'method': 'median'}, missing_master='error')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
     assert f"{bad['zero'].name}: no_signal" in proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in log.read_text()
+    assert not (tmp_path / "f.fits").exists()
+
+
+def test_a_master_without_good_frames_is_an_explicit_empty_master_that_rejects_its_lights(
+    night, tmp_path, caplog
+):
+    # calibration.missing_master: exclude (the default): no image, every frame's reason in
+    # the header and the record (so calibration.tsv lists them), a warning naming the
+    # master; a light that needs it is rejected (no_good_master), not a failed job
+    from astropy.io import fits
+
+    from ccdflow.tasks import bad_pixel_map_file
+    from conftest import calibrate_light
+
+    bad = write_bad_flats(night["truth"], night["out"] / "bad_all")
+    frames = [(bad["zero"], 0), (bad["saturated"], 0)]
+    with caplog.at_level("WARNING", logger="ccdflow"):
+        result = _flat(night, frames, "flat_empty", record=tmp_path / "flat_empty.json")
+    assert result is None
+    assert any("flat_empty.fits is empty" in r.getMessage() for r in caplog.records)
+    path = night["out"] / "flat_empty.fits"
+    with fits.open(path) as hdul:
+        assert len(hdul) == 1 and hdul[0].data is None and hdul[0].header["NAXIS"] == 0
+        h = hdul[0].header
+    assert (h["QCSTATUS"], h["QCREASON"], h["NCOMBINE"], h["NEXCLUDE"]) == (
+        "empty",
+        "no_good_frames",
+        0,
+        2,
+    )
+    assert h["EXCL001"].startswith(f"{bad['zero'].name}: no_signal")
+    assert h["EXCL002"].startswith(f"{bad['saturated'].name}: saturated")
+    record = json.loads((tmp_path / "flat_empty.json").read_text())
+    assert record["status"] == "empty"
+    assert [(r["frame"], r["reason"]) for r in record["frames"]] == [
+        (bad["zero"].name, "no_signal"),
+        (bad["saturated"].name, "saturated"),
+    ]
+    calibration_table([tmp_path / "flat_empty.json"], tmp_path / "calibration.tsv")
+    rows = read_tsv(tmp_path / "calibration.tsv")
+    assert [(r["frame"], r["status"], r["reason"]) for r in rows] == [
+        (bad["zero"].name, "rejected", "no_signal"),
+        (bad["saturated"].name, "rejected", "saturated"),
+    ]
+
+    light = next(f for f in night["truth"]["frames"] if f["type"] == "light")
+    raw = night["truth"]["raw_dir"] / light["file"]
+    calibrate_light(raw, tmp_path, bias=night["out"] / "bias.fits", flat=path)
+    rec = json.loads((tmp_path / f"{raw.stem}.json").read_text())
+    assert (rec["status"], rec["reason"], rec["failed_step"]) == (
+        "rejected",
+        "no_good_master",
+        "calibrate",
+    )
+    assert "flat_empty.fits" in rec["detail"] and f"{bad['zero'].name}: no_signal" in rec["detail"]
+    assert fits.getheader(tmp_path / f"{raw.stem}.calibrated.fits")["NAXIS"] == 0
+
+    # a master made with an empty master bias is empty too, naming it
+    flats = night["good"]
+    make_master_file(
+        "flat",
+        flats,
+        tmp_path / "flat_up.fits",
+        FLAT_COMBINE,
+        bias=path,
+        record=tmp_path / "u.json",
+    )
+    up = json.loads((tmp_path / "u.json").read_text())
+    assert up["status"] == "empty" and len(up["frames"]) == len(flats)
+    assert {r["reason"] for r in up["frames"]} == {"no_good_master"}
+    assert "flat_empty.fits" in fits.getheader(tmp_path / "flat_up.fits")["EMPTYWHY"]
+
+    # a sky/dome combination with an empty part is empty, naming it
+    from ccdflow.tasks import combine_flat_file
+
+    _flat(night, night["good"], "flat_good")
+    illumination = {"degree": 2, "bin": 16}
+    combine_flat_file(
+        path,
+        night["out"] / "flat_good.fits",
+        tmp_path / "comb.fits",
+        tmp_path / "comb.json",
+        illumination=illumination,
+    )
+    assert fits.getheader(tmp_path / "comb.fits")["EMPTYWHY"] == "flat_empty.fits is empty"
+    calibration_table([tmp_path / "comb.json"], tmp_path / "comb.tsv")
+    assert [(r["status"], r["reason"]) for r in read_tsv(tmp_path / "comb.tsv")] == [
+        ("empty", "no_good_master")
+    ]
+
+    # the bad-pixel map leaves the empty master out
+    bpm = bad_pixel_map_file(
+        [path, night["out"] / "flat_good.fits"], tmp_path / "bpm.fits", setup="s"
+    )
+    assert bpm.shape == read_product(night["out"] / "flat_good.fits")[0].shape
 
 
 def test_tall_frames_are_measured_on_a_row_sample_that_agrees_with_every_row(

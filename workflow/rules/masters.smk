@@ -19,6 +19,7 @@ rule make_master_bias:
         **master_params("bias"),
         combine=config["combine"]["bias"],
         gates=config["calibration"]["gates"],
+        missing_master=config["calibration"]["missing_master"],
         version=VERSION,
     script:
         "../../scripts/make_master_bias.py"
@@ -42,6 +43,7 @@ rule make_master_dark:
         **master_params("dark"),
         combine=config["combine"]["dark"],
         gates=config["calibration"]["gates"],
+        missing_master=config["calibration"]["missing_master"],
         badpix=ccd_badpix.master_thresholds(config["badpix"], "dark"),
         version=VERSION,
     script:
@@ -66,6 +68,7 @@ rule make_master_flat:
         **master_params("flat"),
         combine=config["combine"]["flat"],
         gates=config["calibration"]["gates"],
+        missing_master=config["calibration"]["missing_master"],
         floor=config["calibration"]["flat_floor"],
         illumination=ILLUMINATION,
         badpix=ccd_badpix.master_thresholds(config["badpix"], "flat"),
