@@ -143,8 +143,9 @@ def claim(workdir):
     return handle, removed, previous
 
 
-def orphaned_products(workdir, frames, groups, masters):
-    """Products of frames, groups or masters that the current plan no longer has.
+def orphaned_products(workdir, frames, groups, masters, references=()):
+    """Products of frames, groups, masters or reference sets that the current plan no
+    longer has.
 
     A raw file deleted (or renamed) from ``raw_dir`` leaves its calibrated, aligned and
     record files behind, and perhaps a group or a master; they are not rebuilt and not
@@ -157,7 +158,10 @@ def orphaned_products(workdir, frames, groups, masters):
     frames, groups : iterable of str
         Frame ids and stack group names of the current plan.
     masters : iterable of str
-        Paths (relative to ``workdir``) of the masters the current plan makes.
+        Paths (relative to ``workdir``) of the masters the current plan makes (their
+        JSON records beside them are theirs too).
+    references : iterable of str
+        Names of the current reference sets (``results/references/{set}.json``).
 
     Returns
     -------
@@ -167,13 +171,17 @@ def orphaned_products(workdir, frames, groups, masters):
     workdir = Path(workdir)
     wanted = {(d, name) for d, _ in FRAME_PRODUCTS for name in frames}
     wanted |= {(d, name) for d, _ in GROUP_PRODUCTS for name in groups}
-    made = {str(Path(m)) for m in masters}
+    made = {str(Path(m)) for m in masters} | {str(Path(m).with_suffix(".json")) for m in masters}
     found = []
     for folder, suffix in FRAME_PRODUCTS + GROUP_PRODUCTS:
         for path in (workdir / folder).glob(f"*{suffix}"):
             if (folder, path.name[: -len(suffix)]) not in wanted:
                 found.append(f"{folder}/{path.name}")
-    for path in (workdir / "results/masters").glob("*.fits"):
-        if f"results/masters/{path.name}" not in made:
+    for path in (workdir / "results/masters").glob("*"):
+        if path.suffix in (".fits", ".json") and f"results/masters/{path.name}" not in made:
             found.append(f"results/masters/{path.name}")
+    sets = set(references)
+    for path in (workdir / "results/references").glob("*.json"):
+        if path.stem not in sets:
+            found.append(f"results/references/{path.name}")
     return sorted(found)

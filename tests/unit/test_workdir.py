@@ -50,15 +50,23 @@ def test_orphaned_products(tmp_path):
         "results/stacks/G.fits",
         "results/stacks/old.fits",
         "results/masters/bias_x.fits",
+        "results/masters/bias_x.json",
         "results/masters/bias_y.fits",
+        "results/masters/bias_y.json",
+        "results/references/G.json",
+        "results/references/old.json",
     ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("")
-    found = workdir.orphaned_products(tmp_path, ["a"], ["G"], ["results/masters/bias_x.fits"])
+    found = workdir.orphaned_products(
+        tmp_path, ["a"], ["G"], ["results/masters/bias_x.fits"], references=["G"]
+    )
     assert found == [
         "results/calibrated/gone.fits",
         "results/masters/bias_y.fits",
+        "results/masters/bias_y.json",
         "results/records/gone.json",
+        "results/references/old.json",
         "results/stacks/old.fits",
     ]
 

@@ -124,6 +124,7 @@ _orphans = ccd_workdir.orphaned_products(
     GROUPS,
     [m.path for m in PLAN.masters.values()]
     + [f"results/masters/bpm_{setup}.fits" for setup in BPM_MASTERS],
+    REFERENCE_SETS,
 )
 if _orphans:
     print(
