@@ -225,20 +225,26 @@ def choose_read_noise(value, source, measured_adu, gain, bias_name, max_ratio=1.
 
 def _reject_empty_masters(raw_path, masters):
     """A :class:`ccdflow.io.FrameError` (reason ``no_good_master``, step ``calibrate``)
-    when a master the frame needs is an empty one (`ccdflow.tasks.empty_master_file`):
-    the detail names the master, why it is empty and its frames' reasons."""
+    when a master the frame needs is an empty one (`ccdflow.tasks.empty_master_file`: a
+    header-only FITS): the detail names the master and gives why it is empty and its
+    frames' reasons from the master's JSON record, written beside it by the same job
+    (STYLE 13: no state read back from header cards)."""
     for kind, path in masters.items():
-        header = io.empty_product(path) if path else None
-        if header is None:
+        if not path or io.empty_product(path) is None:
             continue
-        frames = [str(header[k]) for k in sorted(header) if k[:4] == "EXCL" and k[4:].isdigit()]
+        record_path = Path(path).with_suffix(".json")
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            record = {}
+        frames = [
+            f"{r['frame']}: {r['reason']}" for r in record.get("frames", ()) if r.get("reason")
+        ]
         detail = (
             f"master {kind} {Path(path).name} holds no image: "
-            f"{header.get('EMPTYWHY', 'no input frame passed its gates')}"
+            f"{record.get('detail', 'no input frame passed its gates')}"
             + (f" ({'; '.join(frames)})" if frames else "")
-            + "; see its record results/masters/"
-            + Path(path).stem
-            + ".json"
+            + f"; see its record {record_path}"
         )
         error = FrameError(raw_path, "no_good_master", detail)
         error.step = "calibrate"

@@ -156,7 +156,8 @@ def test_a_master_without_good_frames_is_an_explicit_empty_master_that_rejects_i
     bad = write_bad_flats(night["truth"], night["out"] / "bad_all")
     frames = [(bad["zero"], 0), (bad["saturated"], 0)]
     with caplog.at_level("WARNING", logger="ccdflow"):
-        result = _flat(night, frames, "flat_empty", record=tmp_path / "flat_empty.json")
+        # the record beside its master, as the workflow writes it (the frame job reads it)
+        result = _flat(night, frames, "flat_empty", record=night["out"] / "flat_empty.json")
     assert result is None
     assert any("flat_empty.fits is empty" in r.getMessage() for r in caplog.records)
     path = night["out"] / "flat_empty.fits"
@@ -171,13 +172,13 @@ def test_a_master_without_good_frames_is_an_explicit_empty_master_that_rejects_i
     )
     assert h["EXCL001"].startswith(f"{bad['zero'].name}: no_signal")
     assert h["EXCL002"].startswith(f"{bad['saturated'].name}: saturated")
-    record = json.loads((tmp_path / "flat_empty.json").read_text())
+    record = json.loads((night["out"] / "flat_empty.json").read_text())
     assert record["status"] == "empty"
     assert [(r["frame"], r["reason"]) for r in record["frames"]] == [
         (bad["zero"].name, "no_signal"),
         (bad["saturated"].name, "saturated"),
     ]
-    calibration_table([tmp_path / "flat_empty.json"], tmp_path / "calibration.tsv")
+    calibration_table([night["out"] / "flat_empty.json"], tmp_path / "calibration.tsv")
     rows = read_tsv(tmp_path / "calibration.tsv")
     assert [(r["frame"], r["status"], r["reason"]) for r in rows] == [
         (bad["zero"].name, "rejected", "no_signal"),
