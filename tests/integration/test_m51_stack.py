@@ -112,11 +112,10 @@ def test_stack_noise_matches_an_independent_plain_mean(run):
         f"aperture noise: stack {noise_stack:.1f}, plain mean {noise_plain:.1f}, "
         f"single {single:.1f} e-"
     )
-    # The stack is never noisier than a plain mean of the same unmasked values by more than
-    # 5 %; the clip may make it quieter, rejecting outliers the plain mean keeps (next to the
-    # masked HOT pixels, residual hits). Measured on their own: 0.93 with the HOT pixels
-    # masked (reference M51_I_001); 0.94 with the reference chosen for quality (no masks).
-    assert 0.85 * noise_plain <= noise_stack <= 1.05 * noise_plain
+    # The stack is within 5 % of a plain mean of the same unmasked values. Measured with
+    # the reference chosen for quality and the HOT pixels masked: 125.1 against 130.4 e-
+    # (0.96; the clip rejects a few outliers the plain mean keeps).
+    assert 0.95 * noise_plain <= noise_stack <= 1.05 * noise_plain
     assert noise_stack < single / 2.5  # stacking 18 frames did reduce the noise
 
 
