@@ -80,16 +80,23 @@ def write_json(path, content):
     return io.write_atomic(path, write)
 
 
+def read_versioned_json(path, key, version, fix):
+    """The JSON document at ``path`` whose ``key`` must equal ``version``; else a
+    ValueError naming the file, both versions and ``fix`` (what the user does about it)."""
+    with open(path) as f:
+        doc = json.load(f)
+    if doc.get(key) != version:
+        what = key.removesuffix("_version")
+        raise ValueError(
+            f"{path}: {what} version {doc.get(key)!r}, this ccdflow writes {version}; {fix}"
+        )
+    return doc
+
+
 def read_record(path):
     """A frame's record; raises ValueError naming the file when it is not one."""
-    with open(path) as f:
-        record = json.load(f)
-    if record.get("record_version") != RECORD_VERSION:
-        raise ValueError(
-            f"{path}: record version {record.get('record_version')!r}, this ccdflow writes "
-            f"{RECORD_VERSION}; rerun the frame jobs (snakemake --forcerun process_frame)"
-        )
-    return record
+    fix = "rerun the frame jobs (snakemake --forcerun process_frame)"
+    return read_versioned_json(path, "record_version", RECORD_VERSION, fix)
 
 
 class _Steps:

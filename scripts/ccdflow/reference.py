@@ -285,11 +285,7 @@ def choose_reference(name, frames, output, *, overscan=None, align=None, overrid
 
 def read_reference(path):
     """A reference file; raises ValueError naming the file when it is not one."""
-    with open(path) as f:
-        doc = json.load(f)
-    if doc.get("reference_version") != REFERENCE_VERSION:
-        raise ValueError(
-            f"{path}: reference version {doc.get('reference_version')!r}, this ccdflow writes "
-            f"{REFERENCE_VERSION}; delete it to choose the reference again"
-        )
-    return doc
+    from ccdflow.framejob import read_versioned_json
+
+    fix = "delete it to choose the reference again"
+    return read_versioned_json(path, "reference_version", REFERENCE_VERSION, fix)
