@@ -1,9 +1,10 @@
 """Rule make_preview: PNG of the raw stack beside the calibrated stack (zscale)."""
 
-from ccdflow.tasks import preview_file, setup_logging
+from ccdflow.report import write_preview
+from ccdflow.tasks import setup_logging
 
 setup_logging(snakemake.log[0])
-preview_file(
+write_preview(
     snakemake.input.stack,
     snakemake.input.raw_stack,
     snakemake.input.selection,

@@ -1,17 +1,39 @@
 """The night report: one self-contained HTML page of a run (``results/report/index.html``).
 
 It reads only declared products: the frame records, the groups' selections, the QC and
-index tables, the masters and the stacks, and renders them with the Jinja2 template
-``templates/night.html.j2``. Pictures are matplotlib PNGs embedded as ``data:`` URIs and
-downsampled to about 600 px, so the page opens from disk, needs no server and no network,
-and stays a few MB. Links to products and logs are relative to the page.
+index tables, the stack previews and the report's parts, and renders them with the Jinja2
+template ``templates/night.html.j2``. Pictures are matplotlib PNGs embedded as ``data:``
+URIs and downsampled to about 600 px, so the page opens from disk, needs no server and no
+network, and stays a few MB. Links to products and logs are relative to the page.
+
+The pictures are drawn by the jobs whose inputs they show, so that a new frame redraws
+only its own group's (DESIGN §7):
+
+- `write_preview` (rule ``make_preview``, one per group): the raw stack beside the
+  calibrated stack, ``results/qc/previews/{group}.png``, which the page embeds as it is;
+- `write_group_part` (rule ``report_group``, one per group): the group's frame quality
+  against time, one calibrated frame with its cosmic rays and the calibration lineage
+  graph, ``results/report/parts/groups/{group}.json``;
+- `write_masters_part` (rule ``report_masters``): the masters and the bias profiles,
+  ``results/report/parts/masters.json``;
+- `write_report` (rule ``make_report``) only puts them on the page with the tables; it
+  draws nothing and imports no matplotlib.
 """
 
-__all__ = ["FRAME_COLUMNS", "MAX_IMAGE_PX", "downsample", "write_report"]
+__all__ = [
+    "FRAME_COLUMNS",
+    "MAX_IMAGE_PX",
+    "downsample",
+    "write_group_part",
+    "write_masters_part",
+    "write_preview",
+    "write_report",
+]
 
 import base64
 import csv
 import io as _io
+import json
 import math
 import os
 from datetime import datetime
@@ -57,8 +79,6 @@ def _read_tsv(path):
 
 
 def _read_json(path):
-    import json
-
     with open(path) as f:
         return json.load(f)
 
@@ -79,13 +99,21 @@ def downsample(data, max_px=MAX_IMAGE_PX):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
 
-def _png(fig):
+def _png_bytes(fig, dpi=72):
     import matplotlib.pyplot as plt
 
     buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=72)
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def _data_uri(png):
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _png(fig):
+    return _data_uri(_png_bytes(fig))
 
 
 def _figure(width, height):
@@ -222,16 +250,24 @@ def _measured_rows(measured):
     return rows
 
 
-def _stack_picture(group, stack, raw_stack, selection):
-    fig = _figure(8.4, 3.4)
-    ncombine = 0
+def write_preview(stack, raw_stack, selection, output, *, title=""):
+    """``results/qc/previews/{group}.png``: the raw stack (ADU) beside the calibrated
+    stack, each with a zscale stretch; for a group without a stack, a picture that says so
+    and why (from the group's selection). The night report shows this file as it is."""
+    from ccdflow import io
+
+    selection = _read_json(selection)
+    fig = _figure(11.0, 4.4)
     for i, (path, label) in enumerate(
-        ((raw_stack, "raw frames, aligned mean (ADU)"), (stack, "calibrated stack"))
+        (
+            (raw_stack, "raw frames, aligned and averaged (ADU)"),
+            (stack, "calibrated, cleaned, aligned stack"),
+        )
     ):
         data, header = _image_data(path)
-        ncombine = header.get("NCOMBINE", ncombine) if path == stack else ncombine
+        unit = header.get("BUNIT", "") if path == stack else ""
         ax = fig.add_subplot(1, 2, i + 1)
-        _show(fig, ax, data, label)
+        _show(fig, ax, data, f"{label} ({unit})" if unit else label)
         if data is None:
             why = [f"{e['frame']}: {e['reason']}" for e in selection["excluded"]][:10]
             ax.text(
@@ -243,8 +279,10 @@ def _stack_picture(group, stack, raw_stack, selection):
                 fontsize=7,
                 transform=ax.transAxes,
             )
-    fig.suptitle(group, fontsize=10)
-    return {"group": group, "ncombine": ncombine, "png": _png(fig)}
+    fig.suptitle(title, fontsize=10)
+    png = _png_bytes(fig, dpi=80)
+    io.write_atomic(output, lambda tmp: Path(tmp).write_bytes(png))
+    return output
 
 
 def _times(dates):
@@ -419,6 +457,54 @@ def _link(path, page_dir):
     return {"name": str(path), "href": os.path.relpath(Path(path).resolve(), page_dir)}
 
 
+def write_masters_part(output, masters):
+    """``results/report/parts/masters.json``: each master (made by the run or taken from
+    the calibration library) as a picture, with its frame count, combine method and, for
+    a bias, its row and column profiles."""
+    from ccdflow.framejob import write_json
+
+    pictures = [_master_picture(p) | {"path": str(p)} for p in masters]
+    return write_json(output, {"masters": pictures})
+
+
+def write_group_part(output, *, group, records, selection, cosmics, frames, selection_cfg):
+    """``results/report/parts/groups/{group}.json``: the pictures of one stack group.
+
+    Parameters
+    ----------
+    output : path-like
+    group : str
+    records : sequence of path-like
+        The records of the group's frames.
+    selection : path-like
+        The group's selection (``results/selection/{group}.json``).
+    cosmics : path-like
+        One calibrated frame of the group, shown with its cosmic-ray mask.
+    frames : dict
+        Frame id -> its row of ``results/index/calibration.tsv`` (night, masters, dark
+        scale, how they were chosen) plus ``date`` (its DATE-OBS, for the time axis).
+    selection_cfg : dict
+        The ``selection`` configuration (the gates drawn on the quality plot).
+    """
+    from ccdflow.framejob import write_json
+
+    records = [_read_json(p) for p in records]
+    sel = _read_json(selection)
+    excluded = {e["frame"]: e for e in sel["excluded"]}
+    dates = {f: row.get("date", "") for f, row in frames.items()}
+    part = {
+        "group": group,
+        "time_plot": _time_plot(group, records, dates, excluded, selection_cfg)["png"],
+        "cosmics": _cosmics_picture(group, cosmics),
+        "graph": _lineage_graph(_lineage([sel], frames)[0]),
+    }
+    return write_json(output, part)
+
+
+def _file_uri(path):
+    return _data_uri(Path(path).read_bytes())
+
+
 def write_report(
     output,
     *,
@@ -428,12 +514,13 @@ def write_report(
     frames_table,
     rejected_table,
     calibration_table,
-    masters,
+    masters_part,
+    group_parts,
+    previews,
     stacks,
     raw_stacks,
     config,
     version,
-    cosmics=(),
     logs_dir=None,
     detector=None,
 ):
@@ -449,16 +536,15 @@ def write_report(
     qc_table, frames_table, rejected_table, calibration_table : path-like
         ``results/qc/frames.tsv``, ``results/index/frames.tsv``, ``rejected.tsv`` and
         ``calibration.tsv``.
-    masters : sequence of path-like
-        The masters used (made by the run or taken from the calibration library).
+    masters_part : path-like
+        ``results/report/parts/masters.json`` (`write_masters_part`).
+    group_parts, previews : sequence of path-like
+        Per group, in the order of ``selections``: its part (`write_group_part`) and its
+        preview (`write_preview`).
     stacks, raw_stacks : sequence of path-like
-        Per group, in the order of ``selections``: its stack and its raw stack (a group
-        with every frame excluded has header-only files, shown as such).
+        Per group, in the order of ``selections``: its stack and its raw stack (linked).
     config : dict
         The run's configuration (shown as YAML).
-    cosmics : sequence of path-like
-        Per group, in the order of ``selections``: one calibrated frame
-        (``results/calibrated/{frame}.fits``) shown with its cosmic-ray mask.
     version : str
         Pipeline version.
     logs_dir : path-like or None
@@ -476,21 +562,18 @@ def write_report(
     page_dir = output.parent.resolve()
     records = [_read_json(p) for p in records]
     selections = [_read_json(p) for p in selections]
+    parts = [_read_json(p) for p in group_parts]
+    masters = _read_json(masters_part)["masters"]
     frames = _read_tsv(frames_table)
     dates = {r["frame"]: r["date"] for r in frames}
     calibration = {r["frame"]: r for r in _read_tsv(calibration_table)}
     qc_rows = _read_tsv(qc_table)
     for row in qc_rows:
         row["date"] = dates.get(row["frame"], "")
-    excluded = {e["frame"]: e for s in selections for e in s["excluded"]}
-    by_group = {}
-    for r in records:
-        by_group.setdefault(r["group"], []).append(r)
-    selection_cfg = config.get("selection", {})
     logs = sorted(Path(logs_dir).rglob("*.log")) if logs_dir else []
     lineage = _lineage(selections, calibration)
-    for entry in lineage:
-        entry["graph"] = _lineage_graph(entry)
+    for entry, part in zip(lineage, parts, strict=True):
+        entry["graph"] = part["graph"]
     context = {
         "version": version,
         "generated": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -500,25 +583,20 @@ def write_report(
         "n_excluded": sum(r["status"] != "ok" for r in qc_rows),
         "n_stacks": sum(len(s["selected"]) > 0 for s in selections),
         "n_groups": len(selections),
-        "masters": [_master_picture(p) for p in masters],
-        "master_links": [_link(p, page_dir) for p in masters],
+        "masters": masters,
+        "master_links": [_link(m["path"], page_dir) for m in masters],
         "columns": FRAME_COLUMNS,
         "frame_rows": qc_rows,
         "rejected": _read_tsv(rejected_table),
         "lineage": lineage,
         "stacks": [
-            _stack_picture(s["group"], st, raw, s)
-            for s, st, raw in zip(selections, stacks, raw_stacks, strict=True)
+            {"group": s["group"], "ncombine": len(s["selected"]), "png": _file_uri(p)}
+            for s, p in zip(selections, previews, strict=True)
         ],
         "detector": _detector_rows(records),
         "measured": _measured_rows(_read_json(detector) if detector else None),
-        "cosmics": [
-            _cosmics_picture(s["group"], p) for s, p in zip(selections, cosmics, strict=True)
-        ],
-        "time_plots": [
-            _time_plot(s["group"], by_group.get(s["group"], []), dates, excluded, selection_cfg)
-            for s in selections
-        ],
+        "cosmics": [part["cosmics"] for part in parts],
+        "time_plots": [{"group": part["group"], "png": part["time_plot"]} for part in parts],
         "product_links": [_link(p, page_dir) for p in (*stacks, *raw_stacks, qc_table)],
         "log_links": [_link(p, page_dir) for p in logs],
         "config_yaml": yaml.safe_dump(config, sort_keys=False, default_flow_style=False),

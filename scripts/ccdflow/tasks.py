@@ -15,7 +15,6 @@ __all__ = [
     "load_master",
     "make_master_file",
     "measure_detector_file",
-    "preview_file",
     "qc_table",
     "raw_stack_file",
     "select_file",
@@ -578,40 +577,6 @@ def raw_stack_file(selection_path, output, *, group):
     provenance.add_inputs(header, [f["raw"] for f in selection["selected"]])
     mask = np.where(count == 0, bits.NOT_COVERED, 0).astype(bits.MASK_DTYPE)
     _write_stack(output, mean, header, None, mask, count)
-
-
-def preview_file(stack_path, raw_stack_path, selection_path, output, *, title=""):
-    """PNG: raw stack beside calibrated stack, each with a zscale stretch; for a group
-    without a stack, a picture that says so and why (from the group's selection)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from astropy.io import fits
-    from astropy.visualization import ZScaleInterval
-
-    selection = _read_selection(selection_path)
-    why = [f"{e['frame']}: {e['reason']}" for e in selection["excluded"]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), constrained_layout=True)
-    for ax, path, label in (
-        (axes[0], raw_stack_path, "raw frames, aligned and averaged"),
-        (axes[1], stack_path, "calibrated, cleaned, aligned stack"),
-    ):
-        with fits.open(path) as hdul:
-            data = hdul[0].data
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if data is None:
-            text = "\n".join(["no image: every frame was excluded", *why[:20]])
-            ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-            ax.set_title(label + " (empty)")
-            continue
-        lo, hi = ZScaleInterval().get_limits(data)
-        ax.imshow(data, origin="lower", cmap="gray", vmin=lo, vmax=hi)
-        ax.set_title(label)
-    fig.suptitle(title)
-    io.write_atomic(output, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-    plt.close(fig)
 
 
 def qc_table(records, selections, output):

@@ -31,6 +31,7 @@ GROUP_PRODUCTS = (
     ("results/stacks", ".fits"),
     ("results/stacks/raw", ".fits"),
     ("results/qc/previews", ".png"),
+    ("results/report/parts/groups", ".json"),
 )
 SNAKEMAKE_LOCKS = ".snakemake/locks"
 

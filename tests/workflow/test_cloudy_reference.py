@@ -144,6 +144,7 @@ def test_a_better_frame_arriving_later_does_not_move_the_reference(runs):
         "stack_group": 1,
         "stack_raw_group": 1,
         "make_preview": 1,
+        "report_group": 1,
         "collect_qc": 1,
         "make_report": 1,
     }

@@ -236,7 +236,13 @@ def test_deleted_raw_file_rebuilds_its_group_and_reports_orphans(raw_copy, tmp_p
     jobs = planned_jobs(dry.stdout)
     assert not {j for j in jobs if j.startswith("make_master")}
     assert jobs.get("process_frame", 0) <= 1  # the other frame, if the deleted was its reference
-    for rule in ("select_frames", "stack_group", "stack_raw_group", "make_preview"):
+    for rule in (
+        "select_frames",
+        "stack_group",
+        "stack_raw_group",
+        "make_preview",
+        "report_group",
+    ):
         assert jobs[rule] == 1, jobs
     snakemake(work, config={"raw_dir": raw_copy})
     assert all((work / p).exists() for p in orphans), "user files were deleted"

@@ -142,7 +142,7 @@ def test_new_dome_flat_reruns_that_filter_only(runs):
     shutil.copy2(runs["held"] / LATER, raw / LATER)
     dry = snakemake(runs["on"], "-n", configfiles=[runs["layer"]], config={"raw_dir": raw})
     jobs = {k: v for k, v in planned_jobs(dry.stdout).items() if k != "all"}
-    per_group = ("select_frames", "stack_group", "stack_raw_group", "make_preview")
+    per_group = ("select_frames", "stack_group", "stack_raw_group", "make_preview", "report_group")
     assert jobs == {
         "make_master_flat": 1,
         "combine_sky_dome_flat": 1,
@@ -152,6 +152,7 @@ def test_new_dome_flat_reruns_that_filter_only(runs):
         "make_bad_pixel_map": 1,  # the union of the setup's masters' defect bits
         "collect_calibration_qc": 1,
         "collect_qc": 1,
+        "report_masters": 1,
         "make_report": 1,
     }
     outputs = [line for line in dry.stdout.splitlines() if line.strip().startswith("output:")]

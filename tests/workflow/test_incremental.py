@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 LATER = ("light_M13demo_V_060s_003.fits", "flat_R_006.fits", "bias_006.fits")
 DARKS_120 = [f"dark_120s_{i:03d}.fits" for i in range(1, 6)]
 PER_FRAME = ("process_frame",)
-PER_GROUP = ("select_frames", "stack_group", "stack_raw_group", "make_preview")
+PER_GROUP = ("select_frames", "stack_group", "stack_raw_group", "make_preview", "report_group")
 
 
 def jobs(frames=0, groups=0, qc=True, **extra):
@@ -52,6 +52,7 @@ def everything(night, references=0):
         make_bad_pixel_map=1,
         measure_detector=1,
         collect_calibration_qc=1,
+        report_masters=1,
     )
 
 
@@ -152,7 +153,8 @@ def test_new_flat_reruns_that_filter_only(night):
     night.add(LATER[1])
     # master flat R; the 5 R lights (2 at 120 s, 3 at 60 s); the 2 R stacks
     # and the detector measurement (its flat pairs); the setup's bad-pixel map (for
-    # people: no frame job reads it, so the V lights keep their jobs)
+    # people: no frame job reads it, so the V lights keep their jobs); the masters'
+    # pictures of the night report
     assert night.plan() == jobs(
         frames=5,
         groups=2,
@@ -160,6 +162,7 @@ def test_new_flat_reruns_that_filter_only(night):
         make_bad_pixel_map=1,
         measure_detector=1,
         collect_calibration_qc=1,
+        report_masters=1,
     )
     night.run()
 
@@ -170,7 +173,12 @@ def test_new_dark_exposure_reruns_its_master_and_the_lights_that_use_it(night):
     # 120 s lights switch from the scaled 300 s dark to the new 120 s one; 60 s lights
     # and the flats keep the 60 s dark
     assert night.plan() == jobs(
-        frames=4, groups=2, make_master_dark=1, make_bad_pixel_map=1, collect_calibration_qc=1
+        frames=4,
+        groups=2,
+        make_master_dark=1,
+        make_bad_pixel_map=1,
+        collect_calibration_qc=1,
+        report_masters=1,
     )
     night.run()
     frames = read_tsv(night.work / "results/index/frames.tsv")
@@ -227,6 +235,7 @@ def test_flat_defect_threshold_reruns_the_flats_and_their_lights_not_bias_or_dar
         make_master_flat=2,
         make_bad_pixel_map=1,
         collect_calibration_qc=1,
+        report_masters=1,
     )
     night.extra.append(cfg)
     night.run()

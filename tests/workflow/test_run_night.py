@@ -55,6 +55,8 @@ def test_dry_run_plans_the_whole_night(run):
         "stack_group": 4,
         "stack_raw_group": 4,
         "make_preview": 4,
+        "report_group": 4,
+        "report_masters": 1,
         "collect_qc": 1,
         "make_report": 1,
         "measure_detector": 1,

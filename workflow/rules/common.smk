@@ -105,9 +105,10 @@ ccd_inventory.write_tsv(
     ),
     ccd_inventory.COLUMNS + ccd_plan.FRAME_TABLE_COLUMNS,
 )
+CALIBRATION_ROWS = {r["frame"]: r for r in ccd_plan.calibration_table(PLAN, REFERENCES)}
 ccd_inventory.write_tsv(
     "results/index/calibration.tsv",
-    ccd_plan.calibration_table(PLAN, REFERENCES),
+    list(CALIBRATION_ROWS.values()),
     ccd_plan.CALIBRATION_TABLE_COLUMNS,
 )
 GROUPS = PLAN.groups()
@@ -455,16 +456,36 @@ def report_inputs(wildcards):
     return {
         "records": [f"results/records/{frame}.json" for frame in sorted(PLAN.lights)],
         "selections": [f"results/selection/{g}.json" for g in GROUPS],
+        "parts": [f"results/report/parts/groups/{g}.json" for g in GROUPS],
+        "previews": [f"results/qc/previews/{g}.png" for g in GROUPS],
         "stacks": [f"results/stacks/{g}.fits" for g in GROUPS],
         "raw_stacks": [f"results/stacks/raw/{g}.fits" for g in GROUPS],
-        # one calibrated frame per group, shown with its cosmic-ray mask
-        "cosmics": [f"results/calibrated/{sorted(GROUPS[g])[0]}.fits" for g in GROUPS],
-        "masters": [m.path for m in PLAN.masters.values()],
+        "masters": "results/report/parts/masters.json",
         "qc": "results/qc/frames.tsv",
         "frames": "results/index/frames.tsv",
         "rejected": "results/index/rejected.tsv",
         "calibration": "results/index/calibration.tsv",
         "detector": ["results/qc/detector.json"] if detector_setups() else [],
+    }
+
+
+def report_group_inputs(wildcards):
+    """Input function of report_group: the group's records and selection, and one of its
+    calibrated frames (shown with its cosmic-ray mask)."""
+    frames = sorted(_members(wildcards))
+    return {
+        "records": group_records(wildcards),
+        "selection": f"results/selection/{wildcards.group}.json",
+        "cosmics": f"results/calibrated/{frames[0]}.fits",
+    }
+
+
+def report_group_frames(wildcards):
+    """Per frame of the group: its calibration.tsv row and its DATE-OBS. A parameter, not
+    the tables (which change with every new frame), so that only its group is redrawn."""
+    return {
+        frame: CALIBRATION_ROWS[frame] | {"date": PLAN.lights[frame]["record"].get("date", "")}
+        for frame in sorted(_members(wildcards))
     }
 
 
