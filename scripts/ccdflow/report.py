@@ -160,12 +160,33 @@ def _master_picture(path):
         "name": Path(path).name,
         "ncombine": header.get("NCOMBINE", ""),
         "method": header.get("COMBMETH", ""),
+        "notes": _master_notes(header),
         "png": _png(fig),
         "profiles": None,
     }
     if data is not None and Path(path).name.startswith("bias"):
         out["profiles"] = _bias_profiles(data, Path(path).name, unit)
     return out
+
+
+#: (header card, what it counts) of the detector defects a master flags (`ccdflow.badpix`).
+_DEFECT_NOTES = (("NHOT", "hot"), ("NDEAD", "dead"), ("NBADCOL", "bad-column"))
+
+
+def _master_notes(header):
+    """What the caption adds to a master's frame count: the defect pixels it flags and,
+    for a flat with an illumination model, the model's degree and residuals."""
+    notes = [f"{header[card]} {what} pixels" for card, what in _DEFECT_NOTES if card in header]
+    if "ILLDEG" in header:
+        notes.append(
+            f"illumination model degree {header['ILLDEG']}, residual rms "
+            f"{100 * float(header.get('ILLRMS', float('nan'))):.2f} % "
+            f"({100 * float(header.get('ILLBRMS', float('nan'))):.2f} % in blocks)"
+        )
+    if "ILLSKY" in header:
+        sky, dome = header["ILLSKY"], header.get("ILLDOME", "")
+        notes.append(f"sky shape of {sky} on the dome flat {dome}")
+    return "; ".join(notes)
 
 
 def _bias_profiles(data, name, unit):

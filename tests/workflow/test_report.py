@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from astropy.io import fits
 
 from ccdflow import demo
 from conftest import read_tsv, snakemake
@@ -155,6 +156,17 @@ def test_night_report_in_the_browser(reduced, browser):
     assert "electron/adu" in detector and "header" in detector
     for kind in ("bias", "dark", "flat_1x1_128x96_V"):
         assert any(m.startswith(kind) and Path(m).stem in text for m in masters), kind
+    # each master's caption counts the defect pixels it flags (the test camera's hot
+    # pixels in the dark), as its header does
+    captions = {
+        c.text.split(":")[0]: c.text
+        for c in browser.find_elements(By.CSS_SELECTOR, "#masters ~ figure figcaption")
+    }
+    dark = next(m for m in masters if m.startswith("dark"))
+    with fits.open(work / "results/masters" / dark) as hdul:
+        n_hot = hdul[0].header["NHOT"]
+    assert n_hot > 0
+    assert f"{n_hot} hot pixels" in captions[dark], captions
 
     # the table sorts when a heading is clicked (twice: descending)
     heading = browser.find_element(By.CSS_SELECTOR, "#frame-table th[data-key='frame']")
