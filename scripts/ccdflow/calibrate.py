@@ -112,18 +112,28 @@ class _RowReader:
                 self._trim[1].stop - self._trim[1].start,
             )
 
-    def _raw_rows(self, y0, y1, cols=slice(None)):
-        return self._image.rows(y0, y1, cols)
+    def _raw_rows(self, y0, y1, cols=slice(None), out=None):
+        return self._image.rows(y0, y1, cols, out)
 
-    def rows(self, y0, y1, saturation=None):
-        """Rows ``y0:y1`` of the (trimmed) frame: values (overscan subtracted), a mask of
-        non-finite values, and a mask of raw values at or above ``saturation``."""
+    def rows(self, y0, y1, saturation=None, out=None):
+        """Rows ``y0:y1`` of the (trimmed) frame: values (overscan subtracted; into
+        ``out``, a float32 array of their shape, if given), a mask of non-finite values,
+        and a mask of raw values at or above ``saturation``."""
         ty, tx = self._trim
-        raw = self._raw_rows(y0 + ty.start, y1 + ty.start, tx)
+        raw = self._raw_rows(y0 + ty.start, y1 + ty.start, tx, out)
+        return self._finish(raw, slice(y0 + ty.start, y1 + ty.start), saturation)
+
+    def rows_at(self, ys, saturation=None):
+        """Rows ``ys`` (indices into the trimmed frame), as `rows` returns them."""
+        ty, tx = self._trim
+        ys = np.asarray(ys, int) + ty.start
+        return self._finish(self._image.rows_at(ys, tx), ys, saturation)
+
+    def _finish(self, raw, at, saturation):
         bad = ~np.isfinite(raw)
         sat = raw >= saturation if saturation is not None else np.zeros(raw.shape, bool)
         if self.levels is not None:
-            raw = raw - self.levels[y0 + ty.start : y1 + ty.start, None]
+            raw -= self.levels[at, None]  # (a new array or the caller's buffer)
         return raw, bad, sat
 
     def close(self):
@@ -264,21 +274,13 @@ def _frame_measures(reader, kind, bias, dark, scale, saturation):
     smaller of the two directions is used.)"""
     ny, nx = reader.shape
     step = max(1, ny // _MEASURE_ROWS)
+    rows = np.arange(0, ny, step)
     if step == 1:
         raw, bad, sat = reader.rows(0, ny, saturation)
-        values = _subtract(raw, bias, dark, scale, 0, ny)
-        rows = np.arange(ny)
+        values = _subtract(raw, bias, dark, scale, slice(0, ny))
     else:  # every step-th row: a sample, not a second read of the whole file
-        rows = np.arange(0, ny, step)
-        parts = [reader.rows(int(y), int(y) + 1, saturation) for y in rows]
-        bad = np.concatenate([b for _, b, _ in parts])
-        sat = np.concatenate([t for _, _, t in parts])
-        values = np.concatenate(
-            [
-                _subtract(r, bias, dark, scale, int(y), int(y) + 1)
-                for (r, _, _), y in zip(parts, rows, strict=True)
-            ]
-        )
+        raw, bad, sat = reader.rows_at(rows, saturation)
+        values = _subtract(raw, bias, dark, scale, rows)
     ys, xs = central_region((ny, nx))
     ys = (rows >= ys.start) & (rows < ys.stop)
     centre = values[ys][:, xs]
@@ -373,13 +375,14 @@ def gate_calibration_frames(measures, kind, thresholds=None, names=None):
             for i, (m, d) in enumerate(zip(measures, first, strict=True))
             if d["status"] == "ok" and m["pattern"] is not None
         ]
+        others_median = _OthersMedian([measures[j]["pattern"] for j in good])
         for i, (row, m) in enumerate(zip(rows, measures, strict=True)):
             row["pattern_rms"] = None
-            rest = [measures[j]["pattern"] for j in good if j != i]
+            rest = len(good) - (i in good)
             if rest and m["pattern"] is not None:
+                reference = others_median(good.index(i) if i in good else None)
                 with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    reference = np.nanmedian(np.stack(rest), axis=0)
                     rms = float(np.sqrt(np.nanmean((m["pattern"] / reference - 1) ** 2)))
                 row["pattern_rms"] = rms if np.isfinite(rms) else None
     # the outlier fraction against the frames that pass every other gate
@@ -398,6 +401,47 @@ def gate_calibration_frames(measures, kind, thresholds=None, names=None):
         }
         for name, row, d in zip(names, rows, decisions, strict=True)
     ]
+
+
+class _OthersMedian:
+    """Per pixel, the median of a group of frames' values without one of them, NaN
+    ignored: ``np.nanmedian`` of the others, bit for bit, from one sort of the group
+    (a median per frame of the ``n - 1`` others would sort ``n`` times).
+
+    Parameters
+    ----------
+    arrays : list of array
+        The group's frames (same shape).
+    """
+
+    def __init__(self, arrays):
+        self.shape = np.shape(arrays[0]) if arrays else ()
+        stack = np.stack([np.ravel(a) for a in arrays]) if arrays else np.empty((0, 0))
+        self.n = stack.shape[0]
+        order = np.argsort(stack, axis=0, kind="stable")  # NaN last
+        self._sorted = np.take_along_axis(stack, order, axis=0)
+        self._finite = np.isfinite(stack)
+        self._count = self._finite.sum(axis=0)
+        # rank of each frame's value among the group's, pixel by pixel
+        self._rank = np.empty_like(order)
+        ranks = np.broadcast_to(np.arange(self.n)[:, None], order.shape)
+        np.put_along_axis(self._rank, order, ranks, axis=0)
+
+    def __call__(self, leave_out=None):
+        """The median without frame ``leave_out`` (an index into ``arrays``; None: all)."""
+        if leave_out is None:
+            rank, count = self.n, self._count
+        else:
+            rank, count = self._rank[leave_out], self._count - self._finite[leave_out]
+        # the two middle values of the others, as indices into the group's sorted values
+        lo, hi = np.maximum(count - 1, 0) // 2, count // 2
+        lo = np.minimum(lo + (lo >= rank), self.n - 1)
+        hi = np.minimum(hi + (hi >= rank), self.n - 1)
+        columns = np.arange(self._sorted.shape[1])
+        with np.errstate(invalid="ignore"):
+            median = (self._sorted[lo, columns] + self._sorted[hi, columns]) / 2
+        median[count == 0] = np.nan
+        return median.reshape(self.shape)
 
 
 def _outlier_fractions(measures, kind, good):
@@ -420,21 +464,19 @@ def _outlier_fractions(measures, kind, good):
     two other good frames (with one, a defect of either frame shows in both and cannot be
     attributed), and for a flat without signal.
     """
+
+    def matched(j):
+        sample = measures[j]["sample"]
+        return sample / np.float32(measures[j]["level"]) if kind == "flat" else sample
+
+    others_median = _OthersMedian([matched(j) for j in good])
     out = []
     for i, m in enumerate(measures):
-        rest = [j for j in good if j != i]
         level_ok = kind != "flat" or m["level"] > 0
-        if len(rest) < 2 or not level_ok:
+        if len(good) - (i in good) < 2 or not level_ok:
             out.append(None)
             continue
-
-        def matched(j):
-            sample = measures[j]["sample"]
-            return sample / np.float32(measures[j]["level"]) if kind == "flat" else sample
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN pixel
-            reference = np.nanmedian(np.stack([matched(j) for j in rest]), axis=0)
+        reference = others_median(good.index(i) if i in good else None)
         residual = (matched(i) - reference).ravel()
         residual = residual[np.isfinite(residual)].astype(np.float64)
         if residual.size == 0:
@@ -547,11 +589,12 @@ def make_master(
             y1 = min(ny, y0 + step)
             values, masks = [], []
             for i, r in enumerate(readers):
-                raw, _, sat = r.rows(y0, y1, saturation)  # (non-finite values: never used)
+                values.append(buffer[i, : (y1 - y0) * nx].reshape(y1 - y0, nx))
+                # read straight into the buffer (non-finite values: never used)
+                _, _, sat = r.rows(y0, y1, saturation, out=values[i])
                 nsat += int(np.count_nonzero(sat))
                 masks.append(sat if sat.any() else None)
-                values.append(buffer[i, : (y1 - y0) * nx].reshape(y1 - y0, nx))
-                _subtract(raw, bias, dark, scales[i], y0, y1, out=values[i])
+                _subtract(values[i], bias, dark, scales[i], slice(y0, y1), out=values[i])
                 if kind == "flat":
                     values[i] /= norm[i]
             if pair is not None:
@@ -723,16 +766,17 @@ def prepare_raw(raw, overscan, saturation=None, path=""):
     return raw.replace(data=out, mask=np.ascontiguousarray(mask[trimsec]), header=header)
 
 
-def _subtract(raw, bias, dark, scale, y0, y1, out=None):
-    """``raw - bias - scale * dark`` in float32, into ``out`` if given."""
+def _subtract(raw, bias, dark, scale, rows, out=None):
+    """``raw - bias - scale * dark`` in float32, into ``out`` if given; ``rows`` (a slice
+    or row indices) are the masters' rows that ``raw`` holds."""
     if out is None:
         out = np.empty(np.shape(raw), np.float32)
     if bias is not None:
-        np.subtract(raw, bias.data[y0:y1], out=out)
-    else:
+        np.subtract(raw, bias.data[rows], out=out)
+    elif raw is not out:
         np.copyto(out, raw)
     if dark is not None and scale != 0:
-        out -= np.float32(scale) * dark.data[y0:y1]
+        out -= np.float32(scale) * dark.data[rows]
     return out
 
 
@@ -742,7 +786,7 @@ def _flat_levels(readers, bias, dark, scales):
     ys, xs = central_region(readers[0].shape)
     levels = []
     for i, r in enumerate(readers):
-        centre = _subtract(r.rows(ys.start, ys.stop)[0], bias, dark, scales[i], ys.start, ys.stop)
+        centre = _subtract(r.rows(ys.start, ys.stop)[0], bias, dark, scales[i], ys)
         levels.append(float(np.nanmedian(centre[:, xs])))
     return np.asarray(levels)
 

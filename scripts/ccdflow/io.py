@@ -333,14 +333,17 @@ class ImageRows:
             self._offset = int(h.fileinfo()["datLoc"])
             self._rowbytes = self.shape[1] * self._dtype.itemsize
 
-    def _convert(self, raw):
+    def _convert(self, raw, out=None):
         if self._integer:
             # mask planes: 16-bit with BZERO 32768 fit int32 (half the memory of int64)
             out = raw.astype(np.int32 if raw.dtype.itemsize <= 2 else np.int64)
             if self._bzero:
                 out += int(self._bzero)
             return out
-        out = raw.astype(np.float32)
+        if out is None:
+            out = raw.astype(np.float32)
+        else:
+            np.copyto(out, raw)
         if self._bscale != 1.0:
             out *= np.float32(self._bscale)
         if self._bzero:
@@ -358,26 +361,38 @@ class ImageRows:
             raise FrameError(self.path, "truncated", f"rows {y0}:{y1} are past the end")
         return np.frombuffer(raw, dtype=self._dtype).reshape(y1 - y0, self.shape[1])
 
-    def rows(self, y0, y1, cols=slice(None)):
-        """Rows ``y0:y1`` (and columns ``cols``) as a new array."""
+    def rows(self, y0, y1, cols=slice(None), out=None):
+        """Rows ``y0:y1`` (and columns ``cols``) as a new array, or (float32 images) into
+        ``out``, a float32 array of their shape, without an intermediate copy."""
         if self._whole is not None:
-            return self._whole[y0:y1, cols].copy()
+            if out is None:
+                return self._whole[y0:y1, cols].copy()
+            np.copyto(out, self._whole[y0:y1, cols])
+            return out
+        if out is not None and self._integer:
+            raise ValueError(f"{self.path}: integer planes are not read into a buffer")
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            return self._convert(self._read(fd, y0, y1)[:, cols])
+            return self._convert(self._read(fd, y0, y1)[:, cols], out)
         finally:
             os.close(fd)
 
-    def sample(self, step, col_step=1):
-        """Every ``step``-th row and ``col_step``-th column, starting at pixel (0, 0)."""
+    def rows_at(self, ys, cols=slice(None)):
+        """Rows ``ys`` (a sequence of row indices; and columns ``cols``) as one new array,
+        read with one positional read per row and converted once."""
+        ys = [int(y) for y in ys]
         if self._whole is not None:
-            return self._whole[::step, ::col_step].copy()
+            return self._whole[ys, cols]
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            raw = [self._read(fd, y, y + 1)[:, ::col_step] for y in range(0, self.shape[0], step)]
+            raw = [self._read(fd, y, y + 1)[:, cols] for y in ys]
         finally:
             os.close(fd)
         return self._convert(np.concatenate(raw))
+
+    def sample(self, step, col_step=1):
+        """Every ``step``-th row and ``col_step``-th column, starting at pixel (0, 0)."""
+        return self.rows_at(range(0, self.shape[0], step), slice(None, None, col_step))
 
 
 def ccd_hdulist(data, header, uncertainty=None, mask=None, unit=None):

@@ -337,3 +337,24 @@ def test_the_outlier_fraction_needs_two_other_frames(night, tmp_path):
     assert [r["outlier_fraction"] for r in master.frames] == [None, None]
     master = make_master_file("bias", night["biases"][:3], tmp_path / "b3.fits", COMBINE)
     assert all(r["outlier_fraction"] is not None for r in master.frames)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 7, 50])
+def test_the_median_of_the_other_frames_is_numpys_nanmedian_without_that_frame(n):
+    """The outlier and pattern gates compare a frame with the median of the *other* frames;
+    it comes from one sort of the group and must equal ``np.nanmedian`` of the group
+    without the frame, bit for bit, with NaN (saturated pixels), ties (integer ADU),
+    all-NaN pixels and odd and even counts."""
+    rng = np.random.default_rng(n)
+    group = rng.normal(1000, 5, (n, 3000)).astype(np.float32)
+    group[rng.random(group.shape) < 0.1] = np.nan
+    group[:, :10] = np.nan  # no value at all
+    group[:, 10:20] = np.nan
+    group[0, 10:20] = 7.0  # a single value, which leaving frame 0 out removes
+    group[:, 20:400] = np.round(group[:, 20:400] / 10)  # ties
+    others = calibrate._OthersMedian(list(group))
+    for leave_out in [None, *range(n)]:
+        rest = group if leave_out is None else np.delete(group, leave_out, axis=0)
+        with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
+            expected = np.nanmedian(rest, axis=0)
+        np.testing.assert_array_equal(others(leave_out), expected)
