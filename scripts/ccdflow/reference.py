@@ -118,15 +118,35 @@ def _spikes(data, mask):
     times. On the M51 raw frames this takes the detections from 530-570 (FWHM 0.83 px:
     hot pixels) to 72-83 (FWHM 2.8-3.2 px), what their calibrated frames give (65-72,
     2.9-3.2 px)."""
-    from scipy import ndimage
+    # The 3 x 3 box median (scipy's `median_filter(data, 3)`, edges mirrored as its
+    # 'reflect' mode does) is needed only at the sampled pixels of the noise estimate and
+    # where a pixel can be a spike, so it is computed there alone: a spike lies more
+    # than 5 sigma above its box median, which is at least the least of the medians of
+    # the box's three rows (each row median has two of the box's values at or above it,
+    # so six would lie above a smaller median). Whole-frame filtering took 0.5 s of the
+    # 0.7 s a 2048 x 2048 candidate costs.
+    data = np.asarray(data, np.float32)
+    padded = np.pad(data, 1, mode="symmetric")
+    ny, nx = data.shape
 
-    box = ndimage.median_filter(data, 3)
-    excess = data - box
-    sample = excess[::4, ::4]
+    def box_median(ys, xs):
+        window = [padded[ys + dy, xs + dx] for dy in range(3) for dx in range(3)]
+        return np.median(np.stack(window), axis=0)
+
+    ys, xs = np.mgrid[0:ny:4, 0:nx:4]
+    sample = data[::4, ::4] - box_median(ys, xs)
     rms = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
     level = float(np.median(data[::4, ::4]))
-    spike = (excess > 5 * rms) & ((data - level) > 5 * (box - level))
-    return mask | np.where(spike, bits.BAD, 0).astype(mask.dtype)
+    left, middle, right = padded[:, :-2], padded[:, 1:-1], padded[:, 2:]
+    rows = np.maximum(np.minimum(left, middle), np.minimum(np.maximum(left, middle), right))
+    lower = np.minimum(np.minimum(rows[:-2], rows[1:-1]), rows[2:])
+    ys, xs = np.nonzero(data - lower > 5 * rms)
+    box = box_median(ys, xs)
+    value = data[ys, xs]
+    spike = (value - box > 5 * rms) & ((value - level) > 5 * (box - level))
+    out = mask.copy()
+    out[ys[spike], xs[spike]] |= bits.BAD
+    return out
 
 
 def _prepare(raw_path, hdu, overscan, saturation, gain):

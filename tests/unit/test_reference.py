@@ -142,3 +142,35 @@ def test_a_failed_match_is_blamed_on_a_starless_or_much_poorer_reference():
     assert _reference_unusable(failed, stars(1), starless, "x").reason == "reference_unusable"
     ok = align.AlignResult.identity()
     assert _reference_unusable(ok, stars(100), poor, "x") is ok
+
+
+@pytest.mark.parametrize("shape", [(300, 257), (40, 3), (1, 64)])
+def test_hot_pixels_are_masked_as_the_whole_frame_box_median_finds_them(shape):
+    """`reference._spikes` takes the 3 x 3 box median only where a spike can be; it must
+    flag exactly the pixels the whole-frame median filter flags (edges included), so
+    hot pixels are masked and stars are not."""
+    from scipy import ndimage
+
+    from ccdflow import bits
+
+    rng = np.random.default_rng(shape[0])
+    data = rng.normal(300, 8, shape).astype(np.float32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for y, x in rng.uniform(0, 1, (15, 2)) * shape:  # stars of FWHM 3 px
+        data += 4000 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.27**2))
+    hot = rng.random(shape) < 0.003
+    hot[0, 0] = hot[-1, -1] = True  # at the corners too
+    data[hot] += rng.uniform(500, 20000, hot.sum())
+    mask = np.zeros(shape, bits.MASK_DTYPE)
+
+    box = ndimage.median_filter(data, 3)
+    sample = (data - box)[::4, ::4]
+    rms = 1.4826 * np.median(np.abs(sample - np.median(sample)))
+    level = np.median(data[::4, ::4])
+    expected = (data - box > 5 * rms) & ((data - level) > 5 * (box - level))
+
+    flagged = (reference._spikes(data, mask) & bits.BAD) != 0
+    np.testing.assert_array_equal(flagged, expected)
+    if min(shape) > 3:  # (in a row or two the mirrored edges repeat the pixel in its box)
+        assert flagged[hot].mean() > 0.9  # the hot pixels are found
+    assert not mask.any()  # the input is not modified
