@@ -4,8 +4,9 @@ Two views, both medians of ``--repeat`` runs, measurements alternated so that lo
 shared machine hits every variant alike:
 
 1. **Per job in Snakemake** (what a user pays): on a small generated night (96x128
-   pixels, so arithmetic takes milliseconds), everything is built once, then for each
-   rule ``snakemake --cores 1 --forcerun R --until R`` reruns exactly the N jobs of R.
+   pixels, so arithmetic takes milliseconds), everything is built once, then
+   ``snakemake RECORDS --cores 1 --forcerun process_frame`` reruns exactly the N frame
+   jobs (checked after each run from the benchmark files Snakemake wrote).
    ``per_job = (wall - wall of the same command with -n) / N``: the dry run pays
    start-up, parse and DAG but runs no job. The same is done with a
    one-rule Snakefile of N ``shell: "true"`` jobs and N empty ``script:`` jobs, the
@@ -69,9 +70,12 @@ def _wall(cmd, cwd):
     return wall
 
 
-def _smk(repo, workdir, raw, *args):
+def _smk(repo, workdir, raw, *args, targets=()):
+    # Targets go first: --quiet, --forcerun and --config each take any number of values,
+    # so targets after one of them would be read as its values (the default target, the
+    # whole night, would run instead).
     return [
-        sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"),
+        sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), *targets,
         "--directory", str(workdir), "--cores", "1", "--quiet", *args,
         "--config", f"raw_dir={raw}",
     ]  # fmt: skip
@@ -96,6 +100,18 @@ def _trivial(folder, n):
     (folder / "Snakefile").write_text(_TRIVIAL.format(n=n))
     (folder / "empty.py").write_text("open(snakemake.output[0], 'w').close()\n")
     return folder
+
+
+def _check_ran(work, since, expected):
+    """The jobs a timed run ran, from the benchmark files Snakemake wrote, must be the
+    ones its time is divided by."""
+    ran = {}
+    for tsv in (work / "benchmarks").rglob("*.tsv"):
+        if tsv.stat().st_mtime >= since:
+            rule = tsv.relative_to(work / "benchmarks").parts[0]
+            ran[rule] = ran.get(rule, 0) + 1
+    if ran != expected:
+        raise RuntimeError(f"the timed run ran {ran}, expected {expected}")
 
 
 def _import_time(repo, code):
@@ -147,9 +163,12 @@ def main(argv=None):
                 # The records as targets: `--until process_frame` would stop after the
                 # group references (the other frames' jobs need their records, so
                 # Snakemake counts them as past the --until point).
-                only = ("--forcerun", rule, *targets)
-                runs[f"{rule}_dry"].append(_wall(_smk(repo, work, raw, *only, "-n"), work))
-                runs[rule].append(_wall(_smk(repo, work, raw, *only), work))
+                only = dict(targets=targets)
+                dry = _smk(repo, work, raw, "-n", "--forcerun", rule, **only)
+                runs[f"{rule}_dry"].append(_wall(dry, work))
+                started = time.time()
+                runs[rule].append(_wall(_smk(repo, work, raw, "--forcerun", rule, **only), work))
+                _check_ran(work, started, {rule: n_jobs[rule]})
             for kind in ("shell", "script"):
                 shutil.rmtree(trivial / kind, ignore_errors=True)
                 cmd = [sys.executable, "-m", "snakemake", "-s", str(trivial / "Snakefile"),
