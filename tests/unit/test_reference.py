@@ -174,3 +174,27 @@ def test_hot_pixels_are_masked_as_the_whole_frame_box_median_finds_them(shape):
     if min(shape) > 3:  # (in a row or two the mirrored edges repeat the pixel in its box)
         assert flagged[hot].mean() > 0.9  # the hot pixels are found
     assert not mask.any()  # the input is not modified
+
+
+def test_hot_pixels_are_masked_in_a_frame_with_blank_pixels():
+    """A raw frame's BLANK pixels read as NaN; the hot pixels elsewhere are still found
+    (a NaN in the noise estimate once flagged none) and no blank pixel is flagged."""
+    from ccdflow import bits
+
+    rng = np.random.default_rng(4)
+    shape = (256, 300)
+    data = rng.normal(300, 8, shape).astype(np.float32)
+    hot = rng.random(shape) < 0.003
+    data[hot] += rng.uniform(500, 20000, hot.sum())
+    blank = rng.random(shape) < 0.01
+    blank[:, 77] = True  # a blank column
+    blank &= ~hot
+    data[blank] = np.nan
+    near_blank = np.zeros(shape, bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near_blank |= np.roll(np.roll(blank, dy, 0), dx, 1)
+    flagged = (reference._spikes(data, np.zeros(shape, bits.MASK_DTYPE)) & bits.BAD) != 0
+    assert flagged[hot & ~near_blank].mean() > 0.95
+    assert not flagged[blank].any()
+    assert np.count_nonzero(flagged & ~hot) <= 2
