@@ -115,13 +115,14 @@ class _RowReader:
     def _raw_rows(self, y0, y1, cols=slice(None), out=None):
         return self._image.rows(y0, y1, cols, out)
 
-    def rows(self, y0, y1, saturation=None, out=None):
+    def rows(self, y0, y1, saturation=None, out=None, nonfinite=True):
         """Rows ``y0:y1`` of the (trimmed) frame: values (overscan subtracted; into
-        ``out``, a float32 array of their shape, if given), a mask of non-finite values,
-        and a mask of raw values at or above ``saturation``."""
+        ``out``, a float32 array of their shape, if given), a mask of non-finite values
+        (None unless ``nonfinite``), and a mask of raw values at or above
+        ``saturation``."""
         ty, tx = self._trim
         raw = self._raw_rows(y0 + ty.start, y1 + ty.start, tx, out)
-        return self._finish(raw, slice(y0 + ty.start, y1 + ty.start), saturation)
+        return self._finish(raw, slice(y0 + ty.start, y1 + ty.start), saturation, nonfinite)
 
     def rows_at(self, ys, saturation=None):
         """Rows ``ys`` (indices into the trimmed frame), as `rows` returns them."""
@@ -129,8 +130,8 @@ class _RowReader:
         ys = np.asarray(ys, int) + ty.start
         return self._finish(self._image.rows_at(ys, tx), ys, saturation)
 
-    def _finish(self, raw, at, saturation):
-        bad = ~np.isfinite(raw)
+    def _finish(self, raw, at, saturation, nonfinite=True):
+        bad = ~np.isfinite(raw) if nonfinite else None
         sat = raw >= saturation if saturation is not None else np.zeros(raw.shape, bool)
         if self.levels is not None:
             raw -= self.levels[at, None]  # (a new array or the caller's buffer)
@@ -171,7 +172,12 @@ def read_noise_adu(a, b):
 
 
 def _mad(values):
-    """``np.median(np.abs(values - np.median(values)))`` (NaN if a value is NaN).
+    """``np.median(np.abs(values - np.median(values)))`` (NaN if a value is NaN)."""
+    return _median_and_mad(values)[1]
+
+
+def _median_and_mad(values):
+    """``np.median(values)`` and :func:`_mad` of ``values``, the median taken once.
 
     Integer values (raw ADU differences) are counted in a histogram rather than
     partitioned, which takes a fraction of the time for the same result.
@@ -183,11 +189,12 @@ def _mad(values):
             offset = (v - lo).astype(np.int32)
             if np.array_equal(offset + lo, v):
                 return _mad_of_counts(np.bincount(offset), lo, v.size)
-    return float(np.median(np.abs(v - np.median(v))))
+    centre = np.median(v)  # (a numpy scalar: the subtraction keeps numpy's dtype rules)
+    return float(centre), float(np.median(np.abs(v - centre)))
 
 
 def _mad_of_counts(counts, lo, size):
-    """:func:`_mad` of ``size`` integers, ``counts[j]`` of them equal to ``lo + j``."""
+    """Median and MAD of ``size`` integers, ``counts[j]`` of them equal to ``lo + j``."""
 
     def median(order, values, counts):  # the mean of the two middle values, as numpy
         cum = np.cumsum(counts)
@@ -198,7 +205,7 @@ def _mad_of_counts(counts, lo, size):
     centre = median(np.arange(counts.size), values, counts)
     deviation = np.abs(values - centre)
     order = np.argsort(deviation, kind="stable")
-    return median(order, deviation, counts[order])
+    return centre, median(order, deviation, counts[order])
 
 
 #: Gates of each calibration frame against the other frames of its master, by master
@@ -326,8 +333,8 @@ def _pixel_noise(image, valid):
         diff = (a - b)[ok].astype(np.float64)
         if diff.size < 2:
             continue
-        centre = np.median(diff)
-        spread = 1.482602218505602 * _mad(diff)
+        centre, mad = _median_and_mad(diff)
+        spread = 1.482602218505602 * mad
         if spread < 1.0 and np.array_equal(diff, np.round(diff)):
             spread = 1.0  # quantised ADU differences
         kept = diff[np.abs(diff - centre) < 5 * spread]
@@ -482,8 +489,8 @@ def _outlier_fractions(measures, kind, good):
         if residual.size == 0:
             out.append(None)
             continue
-        centre = float(np.median(residual))
-        spread = 1.482602218505602 * float(np.median(np.abs(residual - centre)))
+        centre, mad = _median_and_mad(residual)
+        spread = 1.482602218505602 * mad
         if spread == 0:
             spread = float(np.std(residual))
         if spread == 0:
@@ -590,8 +597,8 @@ def make_master(
             values, masks = [], []
             for i, r in enumerate(readers):
                 values.append(buffer[i, : (y1 - y0) * nx].reshape(y1 - y0, nx))
-                # read straight into the buffer (non-finite values: never used)
-                _, _, sat = r.rows(y0, y1, saturation, out=values[i])
+                # read straight into the buffer (non-finite values: the kernel skips them)
+                _, _, sat = r.rows(y0, y1, saturation, out=values[i], nonfinite=False)
                 nsat += int(np.count_nonzero(sat))
                 masks.append(sat if sat.any() else None)
                 _subtract(values[i], bias, dark, scales[i], slice(y0, y1), out=values[i])

@@ -358,3 +358,17 @@ def test_the_median_of_the_other_frames_is_numpys_nanmedian_without_that_frame(n
         with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
             expected = np.nanmedian(rest, axis=0)
         np.testing.assert_array_equal(others(leave_out), expected)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 1000, 1001])
+@pytest.mark.parametrize("kind", ["adu", "float32", "float64"])
+def test_median_and_mad_are_numpys_median_and_median_absolute_deviation(size, kind):
+    """The gates' noise measures take the median and the MAD from one pass (integer ADU
+    differences from a histogram): both equal numpy's, to the bit."""
+    rng = np.random.default_rng(size)
+    values = rng.normal(0.0, 4.0, size)
+    values = {"adu": np.round(values), "float32": values.astype(np.float32)}.get(kind, values)
+    centre, mad = calibrate._median_and_mad(values)
+    median = np.median(values)
+    assert centre == median
+    assert mad == np.median(np.abs(values - median)) == calibrate._mad(values)
