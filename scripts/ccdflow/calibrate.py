@@ -423,16 +423,22 @@ class _OthersMedian:
 
     def __init__(self, arrays):
         self.shape = np.shape(arrays[0]) if arrays else ()
-        stack = np.stack([np.ravel(a) for a in arrays]) if arrays else np.empty((0, 0))
-        self.n = stack.shape[0]
-        order = np.argsort(stack, axis=0, kind="stable")  # NaN last
-        self._sorted = np.take_along_axis(stack, order, axis=0)
-        self._finite = np.isfinite(stack)
-        self._count = self._finite.sum(axis=0)
-        # rank of each frame's value among the group's, pixel by pixel
-        self._rank = np.empty_like(order)
-        ranks = np.broadcast_to(np.arange(self.n)[:, None], order.shape)
-        np.put_along_axis(self._rank, order, ranks, axis=0)
+        # pixels x frames: each pixel's values side by side, sorted along the last axis
+        # (4x faster than along the first). Which of equal values sorts first does not
+        # matter: leaving out either leaves the same values.
+        stack = np.stack([np.ravel(a) for a in arrays], axis=1) if arrays else np.empty((0, 0))
+        self.n = stack.shape[1]
+        order = np.argsort(stack, axis=1)  # NaN last
+        self._sorted = np.take_along_axis(stack, order, axis=1)
+        finite = np.isfinite(stack)
+        self._count = finite.sum(axis=1)
+        # rank of each frame's value among the group's, pixel by pixel; it and the finite
+        # flags are kept frames x pixels, so that one frame's are read contiguously
+        rank = np.empty_like(order)
+        ranks = np.broadcast_to(np.arange(self.n)[None, :], order.shape)
+        np.put_along_axis(rank, order, ranks, axis=1)
+        self._rank = np.ascontiguousarray(rank.T)
+        self._finite = np.ascontiguousarray(finite.T)
 
     def __call__(self, leave_out=None):
         """The median without frame ``leave_out`` (an index into ``arrays``; None: all)."""
@@ -444,9 +450,9 @@ class _OthersMedian:
         lo, hi = np.maximum(count - 1, 0) // 2, count // 2
         lo = np.minimum(lo + (lo >= rank), self.n - 1)
         hi = np.minimum(hi + (hi >= rank), self.n - 1)
-        columns = np.arange(self._sorted.shape[1])
+        pixels = np.arange(self._sorted.shape[0])
         with np.errstate(invalid="ignore"):
-            median = (self._sorted[lo, columns] + self._sorted[hi, columns]) / 2
+            median = (self._sorted[pixels, lo] + self._sorted[pixels, hi]) / 2
         median[count == 0] = np.nan
         return median.reshape(self.shape)
 
