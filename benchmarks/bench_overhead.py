@@ -163,11 +163,10 @@ def main(argv=None):
                 # The records as targets: `--until process_frame` would stop after the
                 # group references (the other frames' jobs need their records, so
                 # Snakemake counts them as past the --until point).
-                only = dict(targets=targets)
-                dry = _smk(repo, work, raw, "-n", "--forcerun", rule, **only)
-                runs[f"{rule}_dry"].append(_wall(dry, work))
+                forced = _smk(repo, work, raw, "--forcerun", rule, targets=targets)
+                runs[f"{rule}_dry"].append(_wall([*forced, "-n"], work))
                 started = time.time()
-                runs[rule].append(_wall(_smk(repo, work, raw, "--forcerun", rule, **only), work))
+                runs[rule].append(_wall(forced, work))
                 _check_ran(work, started, {rule: n_jobs[rule]})
             for kind in ("shell", "script"):
                 shutil.rmtree(trivial / kind, ignore_errors=True)
