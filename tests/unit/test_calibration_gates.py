@@ -3,6 +3,8 @@
 without it."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,7 +137,14 @@ def test_with_missing_master_error_a_master_without_frames_stops_its_job_with_th
         f"make_master_file('flat', [({str(bad['zero'])!r}, 0)], {str(tmp_path / 'f.fits')!r},"
         " {'method': 'median'}, missing_master='error')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # The job's own process finds the library as the rule scripts do, whether or not the
+    # test runner was started with PYTHONPATH set (pytest's `pythonpath` is in-process).
+    scripts = str(Path(__file__).resolve().parents[2] / "scripts")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [scripts, os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode != 0
     assert f"{bad['zero'].name}: no_signal" in proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in log.read_text()
