@@ -56,6 +56,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "scripts"))
 
+from bench_align import grid_rms  # noqa: E402 (this folder, the same measure)
+
 from ccdflow import align, bits  # noqa: E402
 from ccdflow.demo import render_stars, transform_positions  # noqa: E402
 
@@ -105,13 +107,6 @@ def true_matrix(shape, **dither):
     forward = np.eye(3)  # reference -> source
     forward[:2] = np.linalg.solve(np.column_stack([ref, np.ones(3)]), src).T
     return np.linalg.inv(forward)
-
-
-def grid_rms(m1, m2, shape, step=16):
-    gy, gx = np.mgrid[0 : shape[0] : step, 0 : shape[1] : step]
-    pts = np.column_stack([gx.ravel(), gy.ravel(), np.ones(gx.size)])
-    d = (pts @ np.asarray(m1).T - pts @ np.asarray(m2).T)[:, :2]
-    return float(np.sqrt(np.mean((d**2).sum(axis=1))))
 
 
 def found_matrices(night):

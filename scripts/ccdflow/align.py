@@ -676,7 +676,8 @@ def resample(data, uncertainty, mask, matrix, shape, *, order=3):
         linear = np.ones(2)  # a pure shift: the same interpolation, separable weights
     warp = dict(output_shape=(ny_out, nx_out), mode="nearest", output=np.float32)
     # Data: the spline coefficients of the edge-padded image, as scipy's own prefilter for
-    # mode "nearest" computes them (`_spline_coefficients`), then the cubic spline.
+    # mode "nearest" computes them (`_spline_coefficients`), then the spline (bilinear
+    # needs no coefficients).
     if order == 1:
         out_data = ndimage.affine_transform(values, linear, offset, order=1, **warp)
     else:

@@ -4,7 +4,6 @@ without it."""
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from ccdflow import calibrate, demo
 from ccdflow.io import read_product
 from ccdflow.tasks import calibration_table, make_master_file
-from conftest import BAD_FLATS, COMBINE, FLAT_COMBINE, read_tsv, write_bad_flats
+from conftest import BAD_FLATS, COMBINE, FLAT_COMBINE, REPO, read_tsv, write_bad_flats
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +138,7 @@ def test_with_missing_master_error_a_master_without_frames_stops_its_job_with_th
     )
     # The job's own process finds the library as the rule scripts do, whether or not the
     # test runner was started with PYTHONPATH set (pytest's `pythonpath` is in-process).
-    scripts = str(Path(__file__).resolve().parents[2] / "scripts")
+    scripts = str(REPO / "scripts")
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [scripts, os.environ.get("PYTHONPATH")])),
