@@ -178,8 +178,88 @@ class AlignResult:
 # Source detection
 
 
-def _sources(image, mask, detection_sigma, min_area, max_sharpness):
-    """Sources of one frame, brightest first.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Detection:
+    """One source extraction of a frame (`detect`), which `star_list` and
+    `ccdflow.metrics.frame_metrics` share when they would compute the same one.
+
+    Attributes
+    ----------
+    bad : numpy.ndarray
+        bool, the pixels left out (set to the local background in ``sub``).
+    background, rms : float
+        sep's global background level and rms (image units).
+    sub : numpy.ndarray
+        float32 background-subtracted image, 0 at ``bad``. Read, never written, by its users.
+    objects, segments : numpy.ndarray
+        ``sep.extract``'s sources (in its order) and segmentation map.
+    detection_sigma : float
+        Threshold of the extraction (``rms`` units).
+    min_area : int
+        Fewest connected pixels of a source.
+    """
+
+    bad: np.ndarray
+    background: float
+    rms: float
+    sub: np.ndarray
+    objects: np.ndarray
+    segments: np.ndarray
+    detection_sigma: float
+    min_area: int
+
+    def same(self, bad, detection_sigma, min_area):
+        """Would `detect` with these arguments give this detection?"""
+        return (
+            float(detection_sigma) == self.detection_sigma
+            and int(min_area) == self.min_area
+            and np.array_equal(bad, self.bad)
+        )
+
+
+def bad_pixels(image, mask=None):
+    """Pixels a detection leaves out: non-finite (in float32, what sep sees), or any mask bit
+    set."""
+    bad = ~np.isfinite(np.asarray(image, dtype=np.float32))
+    if mask is not None:
+        bad |= np.asarray(mask) != 0
+    return bad
+
+
+def detect(image, bad, *, detection_sigma=5.0, min_area=5):
+    """Background (``sep.Background``: 64-px meshes, SExtractor's clipped mode) and sources
+    (``sep.extract`` above ``detection_sigma`` x the global rms, at least ``min_area``
+    pixels) of ``image``, leaving out the pixels ``bad``. The input is not modified."""
+    import sep
+
+    sub = np.array(image, dtype=np.float32, order="C")  # a copy: the input is not modified
+    bad = np.asarray(bad, dtype=bool)
+    bad_index = np.flatnonzero(bad)
+    if bad_index.size:
+        sub.reshape(-1)[bad_index] = 0.0  # sep needs finite values everywhere
+    background = sep.Background(sub, mask=bad if bad_index.size else None)
+    background.subfrom(sub)
+    if bad_index.size:
+        sub.reshape(-1)[bad_index] = 0.0  # masked pixels become local background
+    rms = float(background.globalrms)
+    objects, segments = sep.extract(
+        sub, detection_sigma, err=rms, minarea=int(min_area), segmentation_map=True
+    )
+    return Detection(
+        bad=bad,
+        background=float(background.globalback),
+        rms=rms,
+        sub=sub,
+        objects=objects,
+        segments=segments,
+        detection_sigma=float(detection_sigma),
+        min_area=int(min_area),
+    )
+
+
+def _sources(image, mask, detection_sigma, min_area, max_sharpness, detection=None):
+    """Sources of one frame, brightest first (from ``detection`` when it is the one `detect`
+    would give here).
 
     Returns a dict of arrays ``x``, ``y`` (isophotal barycentres, px), ``flux`` (isophotal,
     image units) and ``sharp`` (peak / 3x3 sum), plus ``rms`` (global background rms),
@@ -188,20 +268,11 @@ def _sources(image, mask, detection_sigma, min_area, max_sharpness):
     """
     import sep
 
-    sub = np.array(image, dtype=np.float32, order="C")  # a copy: the input is not modified
-    bad = ~np.isfinite(sub)
-    if mask is not None:
-        bad |= np.asarray(mask) != 0
-    bad_index = np.flatnonzero(bad)
-    if bad_index.size:
-        sub.reshape(-1)[bad_index] = 0.0  # sep needs finite values everywhere
-    background = sep.Background(sub, mask=bad if bad_index.size else None)
+    bad = bad_pixels(image, mask)
+    if detection is None or not detection.same(bad, detection_sigma, min_area):
+        detection = detect(image, bad, detection_sigma=detection_sigma, min_area=min_area)
     del bad
-    background.subfrom(sub)
-    if bad_index.size:
-        sub.reshape(-1)[bad_index] = 0.0  # masked pixels become local background
-    rms = float(background.globalrms)
-    objects = sep.extract(sub, detection_sigma, err=rms, minarea=int(min_area))
+    sub, rms, objects = detection.sub, detection.rms, detection.objects
     objects = objects[np.argsort(-objects["flux"], kind="stable")]
     n = len(objects)
     out = {"rms": rms, "n": n, "sub": sub, "sig": 1.0}
@@ -349,6 +420,7 @@ def star_list(
     min_area=5,
     max_control_points=50,
     max_sharpness=0.7,
+    detection=None,
 ):
     """The stars of one frame that `match` needs, as plain JSON-friendly values.
 
@@ -363,6 +435,9 @@ def star_list(
         Data-quality plane (`ccdflow.bits`); pixels with any bit set make no sources.
     detection_sigma, min_area, max_control_points, max_sharpness
         As for `find_transform`.
+    detection : Detection, optional
+        A `detect` of this image; used when it is the one these arguments give (same
+        pixels left out, threshold and area), else the image is detected anew.
 
     Returns
     -------
@@ -389,7 +464,7 @@ def star_list(
     if mask is not None and np.shape(mask) != image.shape:
         raise ValueError(f"mask has shape {np.shape(mask)}, image {image.shape}")
     try:
-        cat = _sources(image, mask, detection_sigma, min_area, max_sharpness)
+        cat = _sources(image, mask, detection_sigma, min_area, max_sharpness, detection)
         keep = np.flatnonzero(cat["sharp"] < max_sharpness)
         n_fit = 4 * int(max_control_points)
         if len(keep) >= 3:

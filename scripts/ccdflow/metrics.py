@@ -91,6 +91,7 @@ def frame_metrics(
     max_psf_stars=200,
     catalogue_size=100,
     min_psf_stars=5,
+    detection=None,
 ):
     """Quality metrics of one calibrated frame (the record schema of this module).
 
@@ -118,6 +119,9 @@ def frame_metrics(
         Fewest PSF stars for ``fwhm_px``, ``ellipticity`` and ``stars`` (else None and
         empty): the median of fewer is too noisy for a gate to reject a frame on (two
         round stars can give an ellipticity of 0.3), and `transparency` needs 5 anyway.
+    detection : ccdflow.align.Detection, optional
+        A `ccdflow.align.detect` of this frame (the star list's): used when it left out
+        the same pixels with the same threshold and area, else the frame is detected anew.
 
     Returns
     -------
@@ -127,17 +131,18 @@ def frame_metrics(
     import sep
     from scipy import spatial
 
-    image = np.array(data, dtype=np.float32, order="C")
-    maskarr = np.zeros(image.shape, bits.MASK_DTYPE) if mask is None else np.asarray(mask)
+    from ccdflow import align
+
+    maskarr = np.zeros(np.shape(data), bits.MASK_DTYPE) if mask is None else np.asarray(mask)
     saturated = (maskarr & bits.SATURATED) != 0
     if saturation is not None:
-        saturated |= image >= saturation
-    bad = (maskarr != 0) | ~np.isfinite(image) | saturated
-    image[bad] = 0.0
-    background = sep.Background(image, mask=bad)
+        saturated |= np.asarray(data, dtype=np.float32) >= saturation
+    bad = align.bad_pixels(data, maskarr) | saturated
+    if detection is None or not detection.same(bad, detection_sigma, min_area):
+        detection = align.detect(data, bad, detection_sigma=detection_sigma, min_area=min_area)
     out = {
-        "sky_e": float(background.globalback),
-        "sky_noise_e": float(background.globalrms),
+        "sky_e": detection.background,
+        "sky_noise_e": detection.rms,
         "n_stars": 0,
         "n_psf_stars": 0,
         "fwhm_px": math.nan,
@@ -146,12 +151,7 @@ def frame_metrics(
         "saturated_fraction": float(saturated.mean()),
         "stars": {"x_px": [], "y_px": [], "flux_e": []},
     }
-    background.subfrom(image)
-    image[bad] = 0.0  # masked pixels become local background
-    rms = float(background.globalrms)
-    objects, segments = sep.extract(
-        image, detection_sigma, err=rms, minarea=int(min_area), segmentation_map=True
-    )
+    image, objects, segments = detection.sub, detection.objects, detection.segments
     out["n_stars"] = len(objects)
     if len(objects) == 0:
         return _json(out)

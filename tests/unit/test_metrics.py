@@ -2,6 +2,7 @@
 count within 10 %; in a group of good frames, a cloudy one, one with doubled seeing and a
 trailed one are rejected with the right reason and no good frame is."""
 
+import dataclasses
 import json
 import math
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from ccdflow import bits
+from ccdflow import align, bits
 from ccdflow.metrics import GATES, Gate, flux_ratio, frame_metrics, gate_group, transparency
 
 SHAPE = (256, 256)
@@ -97,6 +98,31 @@ def test_saturated_and_masked_pixels(field):
     assert frame_metrics(data, saturation=data.max())["saturated_fraction"] == 1 / data.size
     empty = frame_metrics(np.random.default_rng(0).normal(SKY, 10, SHAPE))
     assert empty["n_stars"] == 0 and empty["fwhm_px"] is None
+
+
+def test_a_shared_detection_changes_nothing_and_is_used_only_where_it_is_the_same(field):
+    """The frame job extracts sources once for the metrics and the star list. Given that
+    detection each gives exactly what it gives alone; one that left out other pixels (the
+    metrics' saturation level) or used another threshold is not used."""
+    data = _frame(field, 5).astype(np.float32)
+    mask = np.zeros(SHAPE, np.uint16)
+    mask[100:110, 50:60] = bits.HOT
+    det = align.detect(data, align.bad_pixels(data, mask))
+    assert frame_metrics(data, mask, detection=det) == frame_metrics(data, mask)
+    assert align.star_list(data, mask, detection=det) == align.star_list(data, mask)
+    # it is used: a detection cut to its first five sources gives five stars
+    cut = dataclasses.replace(det, objects=det.objects[:5])
+    assert frame_metrics(data, mask, detection=cut)["n_stars"] == 5
+    assert len(align.star_list(data, mask, detection=cut)["stars"]) <= 5
+    # not the same extraction: ignored
+    level = float(np.percentile(data, 99.9))  # star cores above it
+    alone = frame_metrics(data, mask, saturation=level)
+    assert alone != frame_metrics(data, mask)  # the level changes the result here
+    assert frame_metrics(data, mask, saturation=level, detection=cut) == alone
+    deep = align.star_list(data, mask, detection_sigma=10.0)
+    assert deep != align.star_list(data, mask)
+    assert align.star_list(data, mask, detection_sigma=10.0, detection=cut) == deep
+    assert frame_metrics(data, np.zeros(SHAPE, np.uint16), detection=cut)["n_stars"] > 5
 
 
 def test_too_few_psf_stars_measure_no_psf(field):
