@@ -9,7 +9,8 @@ Finding the transform (`find_transform`)
 ----------------------------------------
 1. Masked pixels (any bit set) and non-finite pixels are replaced by the local background
    (the ``sep`` background mesh), so they cannot make sources.
-2. Sources: ``sep.extract`` above ``detection_sigma`` times the global background rms
+2. Sources (`detect`, which the frame job's metrics share): ``sep.extract`` above
+   ``detection_sigma`` times the global background rms
    with at least ``min_area`` connected pixels; positions are windowed centroids
    (Source Extractor's ``XWIN_IMAGE``), about twice as precise as isophotal barycentres.
 3. Point-like sources are dropped before matching. A hot pixel (fixed pattern: the same

@@ -23,8 +23,8 @@ differ (alignment keeps the brightest star-like sources with windowed centroids;
 metrics need the segmentation map, isolation and half-flux radii), the extraction they
 start from does not. Each uses it only when it is the one it would compute (same pixels
 left out, threshold and area; the metrics leave out pixels above a ``saturation`` level
-too, when one is given), so sharing changes no result; at 2048 x 2048 it saves about
-0.1 s of CPU a frame (the background and the extraction of one of the two).
+too, when one is given), so sharing changes no result; on the benchmark night (2048 x
+2048) it saves about 0.15 s of CPU a frame (one background and one extraction).
 
 A frame the chain cannot use (unreadable at run time, absurd cosmic-ray fraction, no
 stars, no match to the reference) is not an error: the record says ``rejected`` with a
