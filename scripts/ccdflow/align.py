@@ -87,7 +87,17 @@ rows could go to several cores, but the workflow already runs one job per core a
 would not lower the CPU time a job costs.
 """
 
-__all__ = ["REASONS", "AlignResult", "find_transform", "match", "resample", "star_list"]
+__all__ = [
+    "REASONS",
+    "AlignResult",
+    "Detection",
+    "bad_pixels",
+    "detect",
+    "find_transform",
+    "match",
+    "resample",
+    "star_list",
+]
 
 import dataclasses
 import math
@@ -219,8 +229,20 @@ class Detection:
 
 
 def bad_pixels(image, mask=None):
-    """Pixels a detection leaves out: non-finite (in float32, what sep sees), or any mask bit
-    set."""
+    """Pixels a detection leaves out.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image (any unit).
+    mask : numpy.ndarray, optional
+        Data-quality plane (`ccdflow.bits`) of ``image``.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool: non-finite in float32 (what sep sees), or any mask bit set.
+    """
     bad = ~np.isfinite(np.asarray(image, dtype=np.float32))
     if mask is not None:
         bad |= np.asarray(mask) != 0
@@ -228,9 +250,30 @@ def bad_pixels(image, mask=None):
 
 
 def detect(image, bad, *, detection_sigma=5.0, min_area=5):
-    """Background (``sep.Background``: 64-px meshes, SExtractor's clipped mode) and sources
-    (``sep.extract`` above ``detection_sigma`` x the global rms, at least ``min_area``
-    pixels) of ``image``, leaving out the pixels ``bad``. The input is not modified."""
+    """Background and sources of one image, as sep finds them.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image (any unit, e.g. e-). Not modified.
+    bad : numpy.ndarray
+        bool, pixels left out (`bad_pixels`): they set neither background nor sources.
+    detection_sigma : float
+        Threshold, in units of the global background rms.
+    min_area : int
+        Fewest connected pixels of a source.
+
+    Returns
+    -------
+    Detection
+        ``sep.Background`` (64-px meshes, SExtractor's clipped mode estimator) subtracted,
+        and ``sep.extract``'s sources with their segmentation map.
+
+    Raises
+    ------
+    Exception
+        What sep raises (a plain ``Exception``, e.g. when its pixel buffer overflows).
+    """
     import sep
 
     sub = np.array(image, dtype=np.float32, order="C")  # a copy: the input is not modified
