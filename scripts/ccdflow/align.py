@@ -46,19 +46,18 @@ Resampling (`resample`)
 -----------------------
 Output pixel ``p`` takes the source value at ``inv(M) @ p``.
 
-* Data: cubic B-spline interpolation (``scipy.ndimage``, order 3, with its prefilter). It
-  is interpolating and nearly preserves the PSF; bilinear does not. Measured at a shift of
-  half a pixel in both axes on a star of FWHM 3 px: bilinear broadens it to 3.3 px, lowers
-  its peak by 14 % and halves the pixel-to-pixel noise rms; the spline keeps the FWHM
-  (second moment unchanged to 0.1 %), the peak within 1 % and the flux within 1e-5, and
-  lowers the noise rms by 25 % at that worst-case phase (13 % at a typical one), because
-  neighbouring output pixels become correlated. Its negative lobes would ring around
-  spikes, so masked pixels are first replaced by the value of the nearest good pixel.
-  Values are multiplied by the Jacobian ``|det inv(M)|`` (the source area of an output
-  pixel), so counts per pixel stay counts per pixel when the scale is not exactly 1.
-  `resample` offers other kernels (``order``: 1 bilinear, B-splines 2, 4, 5);
-  ``benchmarks/bench_resample.py`` compares bilinear and orders 2 and 5 with the cubic on
-  a night with truth (cost, positions, fluxes, widths, peaks, noise correlation).
+* Data: Lanczos interpolation of order 4 (OpenCV's ``warpAffine``, ``INTER_LANCZOS4``:
+  8 x 8 taps, ``sinc(x) sinc(x / 4)`` normalised to sum 1, edge values beyond the frame).
+  It is interpolating and keeps the PSF; bilinear does not. OpenCV evaluates the kernel
+  at source positions rounded to 1/32 px (its weight table), so each output pixel is
+  placed within 1/64 px of where the transform puts it (0.009 px rms per axis). Its
+  negative lobes would ring around spikes, so masked pixels are first replaced by the
+  value of the nearest good pixel. Values are multiplied by the Jacobian ``|det inv(M)|``
+  (the source area of an output pixel), so counts per pixel stay counts per pixel when
+  the scale is not exactly 1. `resample` offers other kernels (`KERNELS`: bilinear, and
+  scipy's B-splines of order 2, 3 and 5 with their prefilter);
+  ``benchmarks/bench_resample.py`` compares them with Lanczos on a night with truth
+  (cost, positions, fluxes, widths, peaks, noise correlation): see the README there.
 * Uncertainty: the variance is interpolated bilinearly (positive weights, so it stays
   positive) and its square root taken. This is ``sum w_i sigma_i^2``, not the variance of
   the interpolated value ``sum w_i^2 sigma_i^2``: it keeps the input noise level per pixel,
@@ -72,22 +71,19 @@ Output pixel ``p`` takes the source value at ``inv(M) @ p``.
   output pixels: masks do not grow. Output pixels whose source position falls outside the
   source frame get `ccdflow.bits.NODATA`, with data and uncertainty 0.
 
-Cost (one 2048 x 2048 frame; ``benchmarks/bench_align.py``): the spline evaluation and
-the bilinear variance (``scipy.ndimage.affine_transform``, about 0.2 s and 0.08 s of CPU)
-are most of it; the rest is arranged around them to give the same result with less work
-(the same numbers to float32 rounding, the same mask bits): the spline coefficients are
-computed once in float32 (scipy's own prefilter for ``mode="nearest"``: edge-padded by 12
-px, the slow axis on a transposed copy) and interpolated without a second prefilter; the
-nearest good pixel of each masked pixel comes from small windows, not a distance
-transform of the whole frame; the mask rule is evaluated only where a bilinear neighbour
-carries a bit; the footprint is solved per row. The identity (the reference itself) is
-returned as it is, and a pure shift uses scipy's separable path (the same spline).
-Everything runs in one thread: ``scipy.ndimage`` and ``sep`` release the GIL, so bands of
-rows could go to several cores, but the workflow already runs one job per core and threads
-would not lower the CPU time a job costs.
+Cost (one 2048 x 2048 frame; ``benchmarks/bench_resample.py``): OpenCV's Lanczos and
+bilinear warps (about 0.1 s and 0.01 s of CPU) are a third of it; the rest is arranged
+to give the same result with less work: the nearest good pixel of each masked pixel
+comes from small windows, not a distance transform of the whole frame; the mask rule is
+evaluated only where a bilinear neighbour carries a bit; the footprint is solved per
+row. The identity (the reference itself) is returned as it is. Everything runs in one
+thread (OpenCV's own threads are set to one for the call): the workflow already runs one
+job per core, and threads would not lower the CPU time a job costs.
 """
 
 __all__ = [
+    "KERNELS",
+    "MAX_SIDE",
     "REASONS",
     "AlignResult",
     "Detection",
@@ -123,6 +119,11 @@ REASONS = {
 _MATCH_RADIUS = 2.0  # px, pairing radius of the refinement (astroalign's PIXEL_TOL)
 _CLIP = 3.0  # pairs beyond this many (robust) rms are dropped by the refinement
 _MIN_SIZE = 16  # px, smallest image side accepted
+#: Kernels of `resample`: the workflow's first, then those the benchmark compares.
+KERNELS = ("lanczos4", "bilinear", "bspline2", "bspline3", "bspline5")
+_CV_FLAGS = {"lanczos4": 4, "bilinear": 1}  # cv2.INTER_LANCZOS4, cv2.INTER_LINEAR
+#: OpenCV's warpAffine takes images and grids with sides below this (SHRT_MAX), px.
+MAX_SIDE = 32767
 _FOOTPRINT_TOL = 1e-6  # px, slack of the footprint test against rounding
 
 
@@ -699,7 +700,7 @@ def find_transform(
     )
 
 
-def resample(data, uncertainty, mask, matrix, shape, *, order=3):
+def resample(data, uncertainty, mask, matrix, shape, *, kernel="lanczos4"):
     """Resample data, uncertainty and mask of a frame onto the reference pixel grid.
 
     Parameters
@@ -716,16 +717,17 @@ def resample(data, uncertainty, mask, matrix, shape, *, order=3):
         (`AlignResult.matrix`).
     shape : tuple of int
         ``(ny, nx)`` of the reference grid (px).
-    order : int
-        Kernel of the data: 3, the cubic B-spline with its prefilter (what the workflow
-        uses); 1 bilinear, 2, 4 or 5 the B-spline of that order, for comparison
+    kernel : str
+        Kernel of the data (`KERNELS`): ``"lanczos4"`` (what the workflow uses, OpenCV);
+        ``"bilinear"`` (OpenCV) and ``"bspline2"``, ``"bspline3"``, ``"bspline5"``
+        (``scipy.ndimage`` with its prefilter) for comparison
         (``benchmarks/bench_resample.py``). Uncertainty and mask do not depend on it.
 
     Returns
     -------
     data : numpy.ndarray
-        float32, interpolated (cubic spline by default), times the Jacobian
-        ``|det inv(M)|``; 0 outside the footprint of the source frame.
+        float32, interpolated, times the Jacobian ``|det inv(M)|``; 0 outside the
+        footprint of the source frame.
     uncertainty : numpy.ndarray or None
         float32, sqrt of the bilinearly interpolated variance (times the Jacobian); 0
         outside the footprint.
@@ -737,20 +739,24 @@ def resample(data, uncertainty, mask, matrix, shape, *, order=3):
     Raises
     ------
     ValueError
-        If ``data`` is not 2-D or a plane's shape differs from it.
+        If ``data`` is not 2-D, a plane's shape differs from it, the kernel is unknown, or
+        a side of the image or grid is `MAX_SIDE` px or more.
 
     Notes
     -----
     See the module docstring for the interpolators and their effect on noise and PSF.
     """
-    from scipy import ndimage
-
-    if order not in (1, 2, 3, 4, 5):
-        raise ValueError(f"order must be 1, 2, 3, 4 or 5, got {order!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     data = np.asarray(data)
     if data.ndim != 2 or min(data.shape) < 2:
         raise ValueError(f"data must be a 2-D image of at least 2 x 2 pixels, got {data.shape}")
     ny_out, nx_out = (int(n) for n in shape)
+    if max((*data.shape, ny_out, nx_out)) >= MAX_SIDE:
+        raise ValueError(
+            f"image {data.shape} or grid {(ny_out, nx_out)} has a side of {MAX_SIDE} px or "
+            "more, beyond what OpenCV's warpAffine takes"
+        )
     matrix = np.asarray(matrix, dtype=np.float64)
     inverse = np.linalg.inv(matrix)
     jacobian = abs(float(np.linalg.det(inverse[:2, :2])))
@@ -768,7 +774,7 @@ def resample(data, uncertainty, mask, matrix, shape, *, order=3):
     identity = matrix.shape == (3, 3) and np.array_equal(matrix, np.eye(3))
     identity &= (ny_out, nx_out) == data.shape
 
-    # Masked pixels take the value of the nearest good pixel, so the spline cannot ring
+    # Masked pixels take the value of the nearest good pixel, so the kernel cannot ring
     # around them (a filled hot pixel is no spike). float32 (the data's own precision):
     # copies, the inputs are never modified.
     values = np.array(data, dtype=np.float32, order="C")
@@ -784,31 +790,15 @@ def resample(data, uncertainty, mask, matrix, shape, *, order=3):
             fill = np.union1d(flagged, invalid)
     _fill_nearest_good(planes, fill)
 
-    if identity:  # exactly the input: the spline interpolates, bilinear weights are 1
+    if identity:  # exactly the input: the kernels interpolate, bilinear weights are 1
         out_unc = planes[1] if uncertainty is not None else None
         return values, out_unc, in_mask
 
-    # Output (row, col) -> source (row, col) for scipy.ndimage, which works in (y, x).
-    linear = inverse[:2, :2][::-1, ::-1]
-    offset = inverse[:2, 2][::-1]
-    if np.array_equal(linear, np.eye(2)):
-        linear = np.ones(2)  # a pure shift: the same interpolation, separable weights
-    warp = dict(output_shape=(ny_out, nx_out), mode="nearest", output=np.float32)
-    # Data: the spline coefficients of the edge-padded image, as scipy's own prefilter for
-    # mode "nearest" computes them (`_spline_coefficients`), then the spline (bilinear
-    # needs no coefficients).
-    if order == 1:
-        out_data = ndimage.affine_transform(values, linear, offset, order=1, **warp)
-    else:
-        coefficients = _spline_coefficients(values, order)
-        out_data = ndimage.affine_transform(
-            coefficients, linear, offset + _SPLINE_PAD, order=order, prefilter=False, **warp
-        )
-        del coefficients
+    out_data = _warp(values, inverse, (ny_out, nx_out), kernel)
     del values
     out_unc = None
     if uncertainty is not None:
-        out_unc = ndimage.affine_transform(planes[1], linear, offset, order=1, **warp)
+        out_unc = _warp(planes[1], inverse, (ny_out, nx_out), "bilinear")
         np.sqrt(np.maximum(out_unc, 0.0, out=out_unc), out=out_unc)
     del planes
 
@@ -836,7 +826,6 @@ def resample(data, uncertainty, mask, matrix, shape, *, order=3):
 # --------------------------------------------------------------------------------------
 # Resampling helpers
 
-_SPLINE_PAD = 12  # px of edge padding before the spline prefilter (scipy's, mode "nearest")
 _FILL_MARGIN = 2  # px, half-side of the first window searched around each masked pixel
 # Fill and mask rule work on the whole frame once windows would cover this fraction of it.
 _WHOLE_FRAME = 0.25
@@ -900,21 +889,29 @@ def _fill_nearest_good(planes, bad):
         flat[bad] = flat[nearest]
 
 
-def _spline_coefficients(values, order=3):
-    """B-spline coefficients of ``values`` padded by `_SPLINE_PAD` px (edge values).
+def _warp(values, inverse, shape, kernel):
+    """``values`` (float32, C order) at the source positions ``inverse @ p`` of the output
+    pixels ``p`` of ``shape``, edge values beyond the frame, in one thread; float32."""
+    ny, nx = shape
+    if kernel.startswith("bspline"):
+        from scipy import ndimage
 
-    What ``scipy.ndimage`` computes for ``mode="nearest"`` with its prefilter (the same
-    padding, the same filter), in float32 and with the slow axis filtered on a transposed
-    copy; returned as a Fortran-ordered array (the transposed copy's transpose).
-    """
-    from scipy import ndimage
+        linear, offset = inverse[:2, :2][::-1, ::-1], inverse[:2, 2][::-1]
+        return ndimage.affine_transform(
+            values, linear, offset, order=int(kernel[-1]), mode="nearest",
+            output_shape=shape, output=np.float32,
+        )  # fmt: skip
+    import cv2
 
-    padded = np.pad(values, _SPLINE_PAD, mode="edge")
-    ndimage.spline_filter1d(padded, order, axis=1, output=padded, mode="nearest")
-    transposed = np.ascontiguousarray(padded.T)
-    del padded
-    ndimage.spline_filter1d(transposed, order, axis=1, output=transposed, mode="nearest")
-    return transposed.T
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # the workflow runs one job per core
+    try:
+        return cv2.warpAffine(
+            values, np.ascontiguousarray(inverse[:2]), (nx, ny),
+            flags=_CV_FLAGS[kernel] | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
+        )  # fmt: skip
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def _source_xy(inverse, rows, cols):

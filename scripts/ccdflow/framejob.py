@@ -641,6 +641,7 @@ def process_frame(
         provenance.add_step(header, "ALNRMS", round(float(result.rms_residual), 4))
         provenance.add_step(header, "ALNDX", round(float(result.shift[0]), 3))
         provenance.add_step(header, "ALNDY", round(float(result.shift[1]), 3))
+        provenance.add_step(header, "ALNKERN", aln.KERNELS[0])
         _metric_cards(header, quality)
         with steps("write aligned"):
             cleaned.replace(data=data, uncertainty=unc, mask=mask).write(aligned_path)

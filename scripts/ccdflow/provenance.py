@@ -60,6 +60,7 @@ KEYWORDS = {
     "ALNRMS": "rms residual of matched stars (px)",
     "ALNDX": "x shift of the fitted transform (px)",
     "ALNDY": "y shift of the fitted transform (px)",
+    "ALNKERN": "interpolation kernel of the resampled data",
     "SKYLEVEL": "sky level before alignment (BUNIT)",
     "SKYNOISE": "sky noise per pixel (BUNIT)",
     "NSTARS": "sources detected (5 sigma, 5 px)",

@@ -574,6 +574,7 @@ def raw_stack_file(selection_path, output, *, group):
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / np.maximum(count, 1), 0).astype(np.float32)
     provenance.add_step(header, "COMBMETH", "mean")
+    provenance.add_step(header, "ALNKERN", align.KERNELS[0])
     provenance.add_inputs(header, [f["raw"] for f in selection["selected"]])
     mask = np.where(count == 0, bits.NOT_COVERED, 0).astype(bits.MASK_DTYPE)
     _write_stack(output, mean, header, None, mask, count)
