@@ -107,10 +107,10 @@ class _Product:
             with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
                 names = [h.name for h in hdul]
                 self.header = hdul[0].header.copy()
-                self.data = ImageRows(path, hdul, 0)
+                self.data = ImageRows(path, hdul, 0, integers=False)
                 if "UNCERT" not in names:
                     raise FrameError(path, "no_uncertainty", "no UNCERT extension")
-                self.uncert = ImageRows(path, hdul, names.index("UNCERT"))
+                self.uncert = ImageRows(path, hdul, names.index("UNCERT"), integers=False)
                 self.mask = None
                 if "MASK" in names:
                     self.mask = ImageRows(path, hdul, names.index("MASK"))
@@ -125,20 +125,23 @@ class _Product:
                     path, "shape_mismatch", f"{plane.header.get('EXTNAME')} is {plane.shape}"
                 )
 
-    def rows(self, y0, y1, reject_bits):
-        """Data, uncertainty, a boolean 'do not use' plane for rows ``y0:y1``, and the
-        plane of cleaned cosmic-ray pixels (finite, and ``bits.COSMIC`` the only one of
-        ``reject_bits`` set)."""
-        data = self.data.rows(y0, y1)
-        unc = self.uncert.rows(y0, y1).astype(np.float32, copy=False)
-        bad = ~(np.isfinite(data) & np.isfinite(unc))
-        cleaned = np.zeros(bad.shape, bool)
+    def rows(self, y0, y1, reject_bits, data, unc, bad, cleaned):
+        """Rows ``y0:y1`` into the arrays of their shape ``data`` and ``unc`` (float32:
+        read into them, no intermediate copy), ``bad`` (a 'do not use' plane) and
+        ``cleaned`` (the cleaned cosmic-ray pixels: finite, and ``bits.COSMIC`` the only
+        one of ``reject_bits`` set)."""
+        self.data.rows(y0, y1, out=data)
+        self.uncert.rows(y0, y1, out=unc)
+        np.isfinite(data, out=bad)
+        bad &= np.isfinite(unc)
+        np.logical_not(bad, out=bad)
+        cleaned[...] = False
         if self.mask is not None:
             bits_set = self.mask.rows(y0, y1) & reject_bits
             if reject_bits & bits.COSMIC:
-                cleaned = (bits_set == bits.COSMIC) & ~bad
+                np.equal(bits_set, bits.COSMIC, out=cleaned)
+                cleaned &= ~bad
             bad |= bits_set != 0
-        return data, unc, bad, cleaned
 
     def sample(self, step, reject_bits, col_step=1):
         """Like :meth:`rows` for every ``step``-th row and ``col_step``-th column."""
@@ -328,7 +331,7 @@ def stack_files(
         bad = np.empty((n, y1 - y0, nx), bool)
         cleaned = np.empty((n, y1 - y0, nx), bool)
         for i, p in enumerate(products):
-            values[i], sigmas[i], bad[i], cleaned[i] = p.rows(y0, y1, reject_bits)
+            p.rows(y0, y1, reject_bits, values[i], sigmas[i], bad[i], cleaned[i])
             values[i] += offsets[i]
         fallback = _cleaned_mean(values, sigmas, cleaned)
         values[bad] = 0  # masked values may be NaN; they are never used

@@ -214,9 +214,9 @@ def test_bands_give_the_same_result_and_read_each_row_once(tmp_path, monkeypatch
     reads = []
     original = io.ImageRows.rows
 
-    def rows(self, y0, y1, cols=slice(None)):
+    def rows(self, y0, y1, cols=slice(None), out=None):
         reads.append((self.path, self.header.get("EXTNAME", "PRIMARY"), y0, y1))
-        return original(self, y0, y1, cols)
+        return original(self, y0, y1, cols, out)
 
     monkeypatch.setattr(io.ImageRows, "rows", rows)
     banded = stack_files(paths, mem_limit_mb=0.5, **kwargs)
