@@ -18,6 +18,13 @@ include: "workflow/rules/stack.smk"
 include: "workflow/rules/report.smk"
 
 
+# Tables and the report read the small records: on a cluster they run where Snakemake runs.
+localrules:
+    collect_qc,
+    collect_calibration_qc,
+    make_report,
+
+
 rule all:
     default_target: True
     input:

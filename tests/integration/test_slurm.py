@@ -107,6 +107,21 @@ def test_per_frame_chains_are_bundled_into_few_slurm_jobs(slurm_run):
     assert 1 <= len(groups) <= 4
 
 
+def test_chains_of_short_jobs_share_slurm_jobs_and_the_tables_run_locally(slurm_run):
+    # a stage costs a Slurm job and a status check: the masters' chain is one Slurm job,
+    # the jobs of the stack groups after their frames are one more, the tables and the
+    # report run in the Snakemake process
+    log = slurm_run["log"]
+    logs = re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/(\S+?)/", log)
+    assert logs.count("group_masters_make_master_bias_make_master_dark_make_master_flat") == 1
+    stacks = [name for name in logs if name.startswith("group_stacks_")]
+    assert len(stacks) == 1 and "stack_group" in stacks[0] and "make_preview" in stacks[0]
+    singles = {name.removeprefix("rule_") for name in logs if name.startswith("rule_")}
+    assert singles <= {"measure_detector", "report_masters", "make_bad_pixel_map"}, singles
+    for rule in ("collect_qc", "collect_calibration_qc", "make_report"):
+        assert f"localrule {rule}:" in log
+
+
 def test_slurm_results_equal_a_local_run(slurm_run, tmp_path):
     local = tmp_path / "local"
     local.mkdir()
