@@ -107,19 +107,19 @@ def test_per_frame_chains_are_bundled_into_few_slurm_jobs(slurm_run):
     assert 1 <= len(groups) <= 4
 
 
-def test_chains_of_short_jobs_share_slurm_jobs_and_the_tables_run_locally(slurm_run):
-    # a stage costs a Slurm job and a status check: the masters' chain is one Slurm job,
-    # the jobs of the stack groups after their frames are one more, the tables and the
-    # report run in the Snakemake process
+def test_the_tables_and_the_report_run_locally_and_nothing_else_is_grouped(slurm_run):
+    # the QC tables and the report read small records: no Slurm job (and no queue wait,
+    # no status check) for them; the other rules' jobs go through Slurm one by one, so a
+    # failing job never takes another job's outputs with it
     log = slurm_run["log"]
     logs = re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/(\S+?)/", log)
-    assert logs.count("group_masters_make_master_bias_make_master_dark_make_master_flat") == 1
-    stacks = [name for name in logs if name.startswith("group_stacks_")]
-    assert len(stacks) == 1 and "stack_group" in stacks[0] and "make_preview" in stacks[0]
     singles = {name.removeprefix("rule_") for name in logs if name.startswith("rule_")}
-    assert singles <= {"measure_detector", "report_masters", "make_bad_pixel_map"}, singles
+    groups = {name for name in logs if name.startswith("group_")}
+    assert groups == {"group_frames_choose_reference_process_frame"}, groups
+    assert {"make_master_bias", "make_master_flat", "stack_group", "make_preview"} <= singles
     for rule in ("collect_qc", "collect_calibration_qc", "make_report"):
         assert f"localrule {rule}:" in log
+        assert rule not in singles
 
 
 def test_slurm_results_equal_a_local_run(slurm_run, tmp_path):
