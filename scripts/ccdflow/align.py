@@ -122,7 +122,8 @@ _MIN_SIZE = 16  # px, smallest image side accepted
 #: Kernels of `resample`: the workflow's first, then those the benchmark compares.
 KERNELS = ("lanczos4", "bilinear", "bspline2", "bspline3", "bspline5")
 _CV_FLAGS = {"lanczos4": 4, "bilinear": 1}  # cv2.INTER_LANCZOS4, cv2.INTER_LINEAR
-#: OpenCV's warpAffine takes images and grids with sides below this (SHRT_MAX), px.
+#: OpenCV's warpAffine takes images and grids with sides below this (SHRT_MAX), px;
+#: `resample` warps larger ones in tiles.
 MAX_SIDE = 32767
 _FOOTPRINT_TOL = 1e-6  # px, slack of the footprint test against rounding
 
@@ -739,8 +740,7 @@ def resample(data, uncertainty, mask, matrix, shape, *, kernel="lanczos4"):
     Raises
     ------
     ValueError
-        If ``data`` is not 2-D, a plane's shape differs from it, the kernel is unknown, or
-        a side of the image or grid is `MAX_SIDE` px or more.
+        If ``data`` is not 2-D, a plane's shape differs from it, or the kernel is unknown.
 
     Notes
     -----
@@ -752,11 +752,6 @@ def resample(data, uncertainty, mask, matrix, shape, *, kernel="lanczos4"):
     if data.ndim != 2 or min(data.shape) < 2:
         raise ValueError(f"data must be a 2-D image of at least 2 x 2 pixels, got {data.shape}")
     ny_out, nx_out = (int(n) for n in shape)
-    if max((*data.shape, ny_out, nx_out)) >= MAX_SIDE:
-        raise ValueError(
-            f"image {data.shape} or grid {(ny_out, nx_out)} has a side of {MAX_SIDE} px or "
-            "more, beyond what OpenCV's warpAffine takes"
-        )
     matrix = np.asarray(matrix, dtype=np.float64)
     inverse = np.linalg.inv(matrix)
     jacobian = abs(float(np.linalg.det(inverse[:2, :2])))
@@ -891,7 +886,12 @@ def _fill_nearest_good(planes, bad):
 
 def _warp(values, inverse, shape, kernel):
     """``values`` (float32, C order) at the source positions ``inverse @ p`` of the output
-    pixels ``p`` of ``shape``, edge values beyond the frame, in one thread; float32."""
+    pixels ``p`` of ``shape``, edge values beyond the frame, in one thread; float32.
+
+    OpenCV indexes images with sides below `MAX_SIDE` only: a larger image or grid is warped
+    in output tiles of at most `_TILE` px a side, each from the part of the source its
+    kernel reaches (`_tiles`).
+    """
     ny, nx = shape
     if kernel.startswith("bspline"):
         from scipy import ndimage
@@ -906,12 +906,59 @@ def _warp(values, inverse, shape, kernel):
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # the workflow runs one job per core
     try:
-        return cv2.warpAffine(
-            values, np.ascontiguousarray(inverse[:2]), (nx, ny),
-            flags=_CV_FLAGS[kernel] | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
-        )  # fmt: skip
+        if max(*values.shape, ny, nx) < MAX_SIDE:
+            return _cv_warp(cv2, values, inverse, shape, kernel)
+        out = np.empty(shape, np.float32)
+        for rows, cols, src_rows, src_cols in _tiles(inverse, values.shape, shape):
+            tile_inverse = inverse.copy()  # output tile pixel -> source crop pixel
+            tile_inverse[0, 2] += inverse[0, 0] * cols.start + inverse[0, 1] * rows.start
+            tile_inverse[1, 2] += inverse[1, 0] * cols.start + inverse[1, 1] * rows.start
+            tile_inverse[0, 2] -= src_cols.start
+            tile_inverse[1, 2] -= src_rows.start
+            out[rows, cols] = _cv_warp(
+                cv2, np.ascontiguousarray(values[src_rows, src_cols]), tile_inverse,
+                (rows.stop - rows.start, cols.stop - cols.start), kernel,
+            )  # fmt: skip
+        return out
     finally:
         cv2.setNumThreads(threads)
+
+
+def _cv_warp(cv2, values, inverse, shape, kernel):
+    ny, nx = shape
+    return cv2.warpAffine(
+        values, np.ascontiguousarray(inverse[:2]), (nx, ny),
+        flags=_CV_FLAGS[kernel] | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
+    )  # fmt: skip
+
+
+_TILE = 8192  # px, side of the output tiles of a warp beyond `MAX_SIDE`
+_TILE_MARGIN = 8  # px of source around a tile's footprint (Lanczos 4 reaches 4)
+
+
+def _tiles(inverse, in_shape, out_shape):
+    """Output tiles ``(rows, cols)`` (slices) of ``out_shape`` with the source slices
+    ``(src_rows, src_cols)`` their kernel reads: the bounding box of the tile's source
+    positions, `_TILE_MARGIN` px wider, within the source frame. A tile whose positions all
+    fall off the frame reads the nearest edge pixels (BORDER_REPLICATE, as without tiles).
+    """
+    ny_in, nx_in = in_shape
+    ny, nx = out_shape
+    for r0 in range(0, ny, _TILE):
+        for c0 in range(0, nx, _TILE):
+            r1, c1 = min(r0 + _TILE, ny), min(c0 + _TILE, nx)
+            xs, ys = _source_xy(inverse, [r0, r0, r1 - 1, r1 - 1], [c0, c1 - 1, c0, c1 - 1])
+            x0 = int(np.clip(np.floor(xs.min()) - _TILE_MARGIN, 0, nx_in - 1))
+            x1 = int(np.clip(np.ceil(xs.max()) + _TILE_MARGIN, 0, nx_in - 1)) + 1
+            y0 = int(np.clip(np.floor(ys.min()) - _TILE_MARGIN, 0, ny_in - 1))
+            y1 = int(np.clip(np.ceil(ys.max()) + _TILE_MARGIN, 0, ny_in - 1)) + 1
+            if max(y1 - y0, x1 - x0) >= MAX_SIDE:
+                raise ValueError(
+                    f"a {r1 - r0} x {c1 - c0} px tile of the grid reads {y1 - y0} x "
+                    f"{x1 - x0} px of the source: the transform scales by more than "
+                    f"{MAX_SIDE / _TILE:.1f}"
+                )
+            yield slice(r0, r1), slice(c0, c1), slice(y0, y1), slice(x0, x1)
 
 
 def _source_xy(inverse, rows, cols):
