@@ -95,8 +95,10 @@ __all__ = [
     "star_list",
 ]
 
+import contextlib
 import dataclasses
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -903,9 +905,7 @@ def _warp(values, inverse, shape, kernel):
         )  # fmt: skip
     import cv2
 
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # the workflow runs one job per core
-    try:
+    with _one_cv_thread(cv2):
         if max(*values.shape, ny, nx) < MAX_SIDE:
             return _cv_warp(cv2, values, inverse, shape, kernel)
         out = np.empty(shape, np.float32)
@@ -920,8 +920,34 @@ def _warp(values, inverse, shape, kernel):
                 (rows.stop - rows.start, cols.stop - cols.start), kernel,
             )  # fmt: skip
         return out
+
+
+_CV_THREADS = threading.Lock()
+_cv_users = 0  # warps running now, in any thread
+_cv_threads_before = 0  # OpenCV's thread count before the first of them
+
+
+@contextlib.contextmanager
+def _one_cv_thread(cv2):
+    """OpenCV on one thread while any warp runs (the workflow runs one job per core).
+
+    ``cv2.setNumThreads`` is process-wide: the first warp to enter saves the caller's
+    setting and the last to leave restores it, so concurrent warps in several Python
+    threads (warpAffine releases the GIL) cannot leave the process at one thread.
+    """
+    global _cv_users, _cv_threads_before
+    with _CV_THREADS:
+        if _cv_users == 0:
+            _cv_threads_before = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+        _cv_users += 1
+    try:
+        yield
     finally:
-        cv2.setNumThreads(threads)
+        with _CV_THREADS:
+            _cv_users -= 1
+            if _cv_users == 0:
+                cv2.setNumThreads(_cv_threads_before)
 
 
 def _cv_warp(cv2, values, inverse, shape, kernel):

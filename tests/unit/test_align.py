@@ -239,7 +239,7 @@ def test_resampled_stars_land_on_the_reference_positions(dx, dy, rot):
 
 
 @pytest.mark.parametrize("phase", [0.0, 0.01, 1 / 64, 0.02, 0.25, 0.49, 0.5, 0.77])
-def test_a_shifted_star_moves_by_the_shift_within_a_sixty_fourth_of_a_pixel(phase):
+def test_a_shifted_star_moves_by_the_shift_within_opencvs_rounding_and_the_kernel_error(phase):
     # OpenCV places each output pixel at its source position rounded to 1/32 px, so a star
     # lands within 1/64 px (plus the kernel's own centroid error) of where the transform
     # puts it, at every sub-pixel phase; its flux stays (weights sum to 1).
@@ -352,6 +352,42 @@ def test_a_frame_wider_than_opencv_takes_is_resampled_in_tiles():
         out[1:-1, 8:-8], np.broadcast_to(want[8:-8], (22, nx - 16)), atol=0.25
     )
     np.testing.assert_allclose(out_unc[inside], 5.0, rtol=1e-5)
+
+
+def test_concurrent_resamples_leave_opencv_threads_as_the_caller_set_them():
+    # resample runs OpenCV on one thread and restores the caller's setting afterwards; the
+    # setting is process-wide and warpAffine releases the GIL, so warps in several Python
+    # threads (a notebook, a thread pool) must neither leave the process at one thread nor
+    # change each other's results.
+    import threading
+
+    import cv2
+
+    rng = np.random.default_rng(3)
+    data = (SKY + rng.normal(0.0, NOISE, (512, 512))).astype(np.float32)
+    matrix = _true_matrix(0.3, -0.2, 0.4, shape=data.shape)
+    want, _, _ = resample(data, None, None, matrix, data.shape)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    results, start = [], threading.Barrier(4)
+
+    def work():
+        start.wait()
+        for _ in range(25):
+            results.append(resample(data, None, None, matrix, data.shape)[0])
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
+    assert len(results) == 100
+    for got in results:
+        np.testing.assert_array_equal(got, want)
 
 
 def _aperture_sums(img, radius, margin):
