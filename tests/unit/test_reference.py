@@ -176,6 +176,21 @@ def test_hot_pixels_are_masked_as_the_whole_frame_box_median_finds_them(shape):
     assert not mask.any()  # the input is not modified
 
 
+def test_the_median_of_nine_network_is_the_median_of_every_input():
+    """`reference._median9` (a comparator network) against ``np.median``: on all 512
+    inputs of zeros and ones, which by the 0-1 principle proves it for any values, and on
+    random values with ties and negative numbers, in float32 and float64."""
+    ones = (np.arange(512)[:, None] >> np.arange(9)) & 1  # row k: the bits of k
+    np.testing.assert_array_equal(reference._median9(list(ones.T)), np.median(ones, axis=1))
+    rng = np.random.default_rng(9)
+    for dtype in (np.float32, np.float64):
+        values = rng.normal(0.0, 100.0, (9, 20_000)).astype(dtype)
+        values[:, ::3] = np.round(values[:, ::3] / 50.0)  # many ties
+        got = reference._median9(list(values))
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, np.median(values, axis=0))
+
+
 def test_hot_pixels_are_masked_in_a_frame_with_blank_pixels():
     """A raw frame's BLANK pixels read as NaN; the hot pixels elsewhere are still found
     (a NaN in the noise estimate once flagged none) and no blank pixel is flagged."""
