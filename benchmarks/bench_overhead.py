@@ -13,9 +13,12 @@ shared machine hits every variant alike:
    floor any rule pays in Snakemake.
 2. **Breakdown** (where it goes): fresh ``python -c`` processes timing Python start-up,
    ``import snakemake.script`` (what the preamble of a ``script:`` job loads before it
-   unpickles the job), ``import ccdflow.framejob``, the imports the frame job adds when it
-   runs (``ccdflow.calibrate`` -> scipy.special; astroscrappy; sep/astroalign/scipy), and
-   ``astropy.io.fits`` (which the fast FITS path avoids).
+   unpickles the job), ``import ccdflow.framejob``, everything the frame job imports but
+   scipy (``frame_job_without_scipy``), the same with what it has imported by its end
+   (``frame_job_deps``: astroalign's ``scipy.spatial`` and ``skimage.transform``,
+   L.A.Cosmic's ``scipy.ndimage``), ``scipy.spatial`` alone, and ``astropy.io.fits``
+   (which the fast FITS path avoids). These processes get one thread per library
+   (``OPENBLAS_NUM_THREADS=1`` ...), as Snakemake gives a job of one thread.
 
 The target (issue 11) is a per-job overhead of at most 0.3 s for ``process_frame``: on
 96x128 frames its pixel work is a few milliseconds, so ``per_job_s.process_frame`` is the
@@ -42,16 +45,27 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RULES = ("process_frame",)
+_FRAME_JOB = (
+    "import ccdflow.framejob, ccdflow.calibrate, ccdflow.cosmics, ccdflow.align,"
+    " ccdflow.metrics, ccdflow.reference, astroscrappy, sep, cv2, astroalign"
+)
 IMPORTS = {
     "python_startup": "pass",
     "numpy": "import numpy",
     "snakemake_script_preamble": "import snakemake.script",
     "ccdflow_framejob": "import ccdflow.framejob",
-    "frame_job_deps": "import ccdflow.framejob, ccdflow.calibrate, ccdflow.cosmics,"
-    " astroscrappy, ccdflow.align, sep, astroalign, scipy.ndimage, scipy.spatial",
+    # Everything the frame job imports but scipy; then what it has imported by its end:
+    # astroalign's KDTree (scipy.spatial, also the metrics' nearest neighbours) and
+    # estimate_transform (skimage.transform), L.A.Cosmic's scipy.ndimage.
+    "frame_job_without_scipy": _FRAME_JOB,
+    "frame_job_deps": _FRAME_JOB + ", scipy.spatial, scipy.ndimage, skimage.transform",
+    "scipy_spatial": "import numpy, scipy.spatial",
     "scipy_special": "import scipy.special",
     "astropy_io_fits": "import astropy.io.fits",
 }
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _env():
@@ -120,9 +134,13 @@ def _import_time(repo, code):
         "-c",
         f"import sys; sys.path.insert(0, {str(repo / 'scripts')!r}); {code}",
     ]
+    # One thread per library, as Snakemake's shell() sets them for a job of one thread
+    # (without, OpenBLAS's idle threads double the CPU time of a scipy import).
+    env = _env() | {k: "1" for k in _THREAD_VARS}
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=_env(), capture_output=True)
-    return time.perf_counter() - t0
+    proc = subprocess.run(cmd, env=env, capture_output=True)
+    # An older checkout (--repo) may lack a module: that entry is left out, not fatal.
+    return time.perf_counter() - t0 if proc.returncode == 0 else None
 
 
 def _night(folder, n_lights):
@@ -196,7 +214,10 @@ def main(argv=None):
         "jobs_per_rule": n_jobs,
         "repeat": args.repeat,
         "per_job_s": per_job,
-        "import_process_median_s": {k: round(statistics.median(v), 3) for k, v in imports.items()},
+        "import_process_median_s": {
+            k: round(statistics.median(t), 3) if (t := [x for x in v if x is not None]) else None
+            for k, v in imports.items()
+        },
         "wall_median_s": {k: round(v, 3) for k, v in med.items()},
         "runs_s": {k: [round(x, 3) for x in v] for k, v in runs.items()},
         "python": sys.version.split()[0],
