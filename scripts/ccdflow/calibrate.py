@@ -90,13 +90,11 @@ class _RowReader:
     BSCALE/BZERO applied and BLANK as NaN)."""
 
     def __init__(self, path, hdu, overscan=None):
-        from astropy.io import fits
-
-        from ccdflow.io import ImageRows
+        from ccdflow.io import image_hdus
 
         self.path = path
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            self._image = ImageRows(path, hdul, hdu, integers=False)
+        with image_hdus(path) as hdus:
+            self._image = hdus[hdu].rows(integers=False)
             self.header = self._image.header.copy()
         self.shape = self._image.shape
         self.raw_shape = self.shape

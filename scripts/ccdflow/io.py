@@ -12,8 +12,12 @@ Per-frame jobs are dominated by start-up, not arithmetic, and importing
 files with standard cards are then read with numpy alone and the header comes back as a
 :class:`Header` (the small subset of ``astropy.io.fits.Header`` that ccdflow uses), and
 :func:`write_product` writes such a header without astropy, card for card as astropy
-would. Anything else (compression, BLANK, scaled data, odd cards, long strings) falls
-back to astropy, so the fast path only ever changes speed, never results.
+would; :func:`image_hdus` opens a plain file for banded reads (`ImageRows`, the master
+combine and the stack) the same way. Anything else (compression, BLANK, scaled data,
+odd cards, long strings) falls back to astropy, so the fast path only ever changes
+speed, never results. (One difference of layout, not of value: a card a step changes,
+e.g. a master's ``EXPTIME``, is written in the fixed format, its value ending in column
+30; astropy, changing a card it read from a file, can end it in column 29.)
 """
 
 __all__ = [
@@ -23,6 +27,7 @@ __all__ = [
     "ImageRows",
     "ccd_hdulist",
     "empty_product",
+    "image_hdus",
     "quick_header",
     "read_frame",
     "read_product",
@@ -31,6 +36,7 @@ __all__ = [
     "write_product",
 ]
 
+import contextlib
 import os
 import re
 import tempfile
@@ -293,7 +299,7 @@ class ImageRows:
         The file.
     hdul : astropy.io.fits.HDUList
         The file opened by astropy (``lazy_load_hdus=True``), for the header and the data
-        offset; not kept.
+        offset; not kept. (`image_hdus` gives the rows of a plain file without astropy.)
     index : int
         Index of the image HDU.
     integers : bool
@@ -310,27 +316,39 @@ class ImageRows:
         from astropy.io import fits
 
         h = hdul[index]
-        self.path = os.fspath(path)
-        self.header = h.header
-        self.shape = (int(h.header.get("NAXIS2", 0)), int(h.header.get("NAXIS1", 0)))
-        if int(h.header.get("NAXIS", 0)) != 2:
-            raise FrameError(path, "no_image", f"HDU {index} ({h.name}) is not a 2-D image")
-        bitpix = int(h.header["BITPIX"])
-        self._bscale = float(h.header.get("BSCALE", 1.0))
-        self._bzero = h.header.get("BZERO", 0)
-        self._integer = (
-            integers and bitpix > 0 and self._bscale == 1.0 and float(self._bzero).is_integer()
-        )
-        self._blank = h.header.get("BLANK") if bitpix > 0 else None
         compressed = getattr(hdul.fileinfo(index)["file"], "compression", None)
         if compressed or isinstance(h, fits.CompImageHDU):
             # astropy has already scaled the data and turned BLANK into NaN
-            data = np.asarray(h.data)
-            self._whole = data.astype(np.int64 if self._integer else np.float32)
+            self._setup(path, h.header, index, h.name, integers, whole=lambda: h.data)
+        else:
+            self._setup(path, h.header, index, h.name, integers, offset=h.fileinfo()["datLoc"])
+
+    @classmethod
+    def _plain(cls, path, header, index, name, offset, *, integers=True):
+        """Rows of an HDU of a plain file that `_read_hdus` parsed (no astropy)."""
+        self = cls.__new__(cls)
+        self._setup(path, header, index, name, integers, offset=offset)
+        return self
+
+    def _setup(self, path, header, index, name, integers, *, offset=None, whole=None):
+        self.path = os.fspath(path)
+        self.header = header
+        self.shape = (int(header.get("NAXIS2", 0)), int(header.get("NAXIS1", 0)))
+        if int(header.get("NAXIS", 0)) != 2:
+            raise FrameError(path, "no_image", f"HDU {index} ({name}) is not a 2-D image")
+        bitpix = int(header["BITPIX"])
+        self._bscale = float(header.get("BSCALE", 1.0))
+        self._bzero = header.get("BZERO", 0)
+        self._integer = (
+            integers and bitpix > 0 and self._bscale == 1.0 and float(self._bzero).is_integer()
+        )
+        self._blank = header.get("BLANK") if bitpix > 0 else None
+        if whole is not None:
+            self._whole = np.asarray(whole()).astype(np.int64 if self._integer else np.float32)
         else:
             self._whole = None
             self._dtype = np.dtype(FITS_DTYPES[bitpix])
-            self._offset = int(h.fileinfo()["datLoc"])
+            self._offset = int(offset)
             self._rowbytes = self.shape[1] * self._dtype.itemsize
 
     def _convert(self, raw, out=None):
@@ -395,6 +413,51 @@ class ImageRows:
         return self.rows_at(range(0, self.shape[0], step), slice(None, None, col_step))
 
 
+class _HDU:
+    """One HDU of `image_hdus`: its ``name`` (``EXTNAME`` upper-cased; ``PRIMARY`` for
+    the first without one), ``header``, and ``rows(integers=True)``, its `ImageRows`."""
+
+    def __init__(self, name, header, rows):
+        self.name, self.header, self._rows = name, header, rows
+
+    def rows(self, *, integers=True):
+        return self._rows(integers)
+
+
+@contextlib.contextmanager
+def image_hdus(path):
+    """The HDUs of a FITS file for banded reads: a list of `_HDU`, in file order.
+
+    A plain file (uncompressed, image extensions only, headers the fast parser takes) is
+    parsed without astropy and its headers are :class:`Header`; anything else is opened by
+    astropy (``lazy_load_hdus``, closed at exit) and its headers are astropy's. Either way
+    the `ImageRows` return the same values (`ImageRows` documents them).
+    """
+    try:
+        hdus = _read_hdus(path)
+    except (_Unsupported, OSError, ValueError, KeyError, TypeError):
+        hdus = None  # astropy decides, and words the errors
+    if hdus is not None:
+        out = []
+        for i, (header, offset, _) in enumerate(hdus):
+            name = str(header.get("EXTNAME", "" if i else "PRIMARY")).strip().upper()
+            out.append(_HDU(name, header, _plain_rows(path, header, i, name, offset)))
+        yield out
+        return
+    from astropy.io import fits
+
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        yield [_HDU(h.name, h.header, _astropy_rows(path, hdul, i)) for i, h in enumerate(hdul)]
+
+
+def _plain_rows(path, header, index, name, offset):
+    return lambda integers: ImageRows._plain(path, header, index, name, offset, integers=integers)
+
+
+def _astropy_rows(path, hdul, index):
+    return lambda integers: ImageRows(path, hdul, index, integers=integers)
+
+
 def ccd_hdulist(data, header, uncertainty=None, mask=None, unit=None):
     """Build the ``CCDData``-layout HDU list of a product (does not write).
 
@@ -425,22 +488,29 @@ def ccd_hdulist(data, header, uncertainty=None, mask=None, unit=None):
     return fits.HDUList(hdus)
 
 
-def write_product(path, data, header, uncertainty=None, mask=None, unit=None):
+def write_product(path, data, header, uncertainty=None, mask=None, unit=None, extra=()):
     """Write a product atomically: a temporary file in the same folder, then rename.
 
     A crash or kill never leaves a half-written file at ``path``. A :class:`Header` is
     written without astropy when every card is standard (the same bytes astropy writes).
+    ``extra``: ``[(EXTNAME, array)]``, more image extensions after ``MASK`` (float32,
+    uint16 or int16, e.g. a stack's ``COVERAGE``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(header, Header):
         try:
-            parts = _fast_product_parts(data, header, uncertainty, mask, unit)
+            parts = _fast_product_parts(data, header, uncertainty, mask, unit, extra)
         except _Unsupported:
             pass
         else:
             return write_atomic(path, lambda tmp: _write_parts(tmp, parts))
-    return write_hdulist(path, ccd_hdulist(data, header, uncertainty, mask, unit))
+    hdul = ccd_hdulist(data, header, uncertainty, mask, unit)
+    if extra:
+        from astropy.io import fits
+
+        hdul.extend(fits.ImageHDU(plane, name=name) for name, plane in extra)
+    return write_hdulist(path, hdul)
 
 
 def write_hdulist(path, hdul):
@@ -997,9 +1067,12 @@ def _hdu_parts(first_cards, header, data, last_cards=()):
     byte-swapped copy of ``data``), written as it is: no ``tobytes`` or join copies.
     """
     data = np.asarray(data)
-    bitpix = {np.dtype(np.float32): -32, np.dtype(np.uint16): 16}.get(data.dtype)
+    bitpix = {np.dtype(np.float32): -32, np.dtype(np.uint16): 16, np.dtype(np.int16): 16}.get(
+        data.dtype
+    )
     if bitpix is None:
         raise _Unsupported(f"data type {data.dtype}")
+    unsigned = data.dtype == np.uint16
     cards = [
         first_cards[0],
         ["BITPIX", bitpix, "array data type", None],
@@ -1007,7 +1080,7 @@ def _hdu_parts(first_cards, header, data, last_cards=()):
     ]
     cards += [[f"NAXIS{i + 1}", n, "", None] for i, n in enumerate(reversed(data.shape))]
     cards += first_cards[1:]
-    if bitpix == 16:
+    if unsigned:
         cards += [["BSCALE", 1, "", None], ["BZERO", 32768, "", None]]
     user = header._cards if header is not None else []
     i = 0
@@ -1019,13 +1092,15 @@ def _hdu_parts(first_cards, header, data, last_cards=()):
     text += "END".ljust(80)
     text += " " * (-len(text) % _BLOCK)
     # unsigned 16-bit: stored minus 32768, i.e. with the sign bit flipped
-    unsigned = bitpix == 16
-    body = (data ^ np.uint16(0x8000)).astype(">u2") if unsigned else data.astype(">f4")
+    if unsigned:
+        body = (data ^ np.uint16(0x8000)).astype(">u2")
+    else:
+        body = data.astype(">f4" if bitpix == -32 else ">i2")
     body = np.ascontiguousarray(body)
     return [text.encode("ascii"), body, b"\0" * (-body.nbytes % _BLOCK)]
 
 
-def _fast_product_parts(data, header, uncertainty, mask, unit):
+def _fast_product_parts(data, header, uncertainty, mask, unit, extra=()):
     header = header.copy()
     if unit is not None:
         header["BUNIT"] = (unit, "unit of the data and uncertainty")
@@ -1052,4 +1127,7 @@ def _fast_product_parts(data, header, uncertainty, mask, unit):
         extname = [["EXTNAME", "MASK", "extension name", None]]
         mask = np.asarray(mask, bits.MASK_DTYPE)
         parts += _hdu_parts([xtension, *counts], mh, mask, extname)
+    for name, plane in extra:
+        extname = [["EXTNAME", name, "extension name", None]]
+        parts += _hdu_parts([xtension, *counts], None, plane, extname)
     return parts

@@ -41,7 +41,7 @@ import numpy as np
 
 from ccdflow import bits, provenance
 from ccdflow.combine import Clip, band_rows, reject
-from ccdflow.io import FrameError, ImageRows
+from ccdflow.io import FrameError, image_hdus
 
 SCALES = ("none", "sky")
 WEIGHTS = ("none", "inverse_variance")
@@ -100,20 +100,18 @@ class _Product:
     """Lazy row access to the data, ``UNCERT`` and ``MASK`` of one product."""
 
     def __init__(self, path):
-        from astropy.io import fits
-
         self.path = os.fspath(path)
         try:
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-                names = [h.name for h in hdul]
-                self.header = hdul[0].header.copy()
-                self.data = ImageRows(path, hdul, 0, integers=False)
+            with image_hdus(path) as hdus:
+                names = [h.name for h in hdus]
+                self.header = hdus[0].header.copy()
+                self.data = hdus[0].rows(integers=False)
                 if "UNCERT" not in names:
                     raise FrameError(path, "no_uncertainty", "no UNCERT extension")
-                self.uncert = ImageRows(path, hdul, names.index("UNCERT"), integers=False)
+                self.uncert = hdus[names.index("UNCERT")].rows(integers=False)
                 self.mask = None
                 if "MASK" in names:
-                    self.mask = ImageRows(path, hdul, names.index("MASK"))
+                    self.mask = hdus[names.index("MASK")].rows()
         except FrameError:
             raise
         except Exception as exc:  # astropy raises many types for broken files

@@ -148,8 +148,8 @@ def make_master_file(
             frames,
             kind,
             Clip.from_config(combine),
-            bias=load_master(bias) if bias else None,
-            dark=load_master(dark) if dark else None,
+            bias=load_master(bias, fast=True) if bias else None,
+            dark=load_master(dark, fast=True) if dark else None,
             dark_scales=dark_scales,
             saturation=saturation,
             mem_limit_mb=mem_limit_mb,
@@ -511,14 +511,14 @@ def stack_file(selection_path, output, *, group, mem_limit_mb=2000, **params):
     Excluded frames are listed in the header (``EXCLnnn``) with their reason. A group
     without any selected frame gets a header-only file (no image) saying why.
     """
-    from astropy.io import fits
-
     from ccdflow import stack
     from ccdflow.combine import Clip
 
     selection = _read_selection(selection_path)
     chosen = selection["selected"]
     if not chosen:
+        from astropy.io import fits
+
         header = fits.Header()
         provenance.stamp(header, "STACK")
         provenance.add_step(header, "STKGROUP", group)
@@ -541,11 +541,8 @@ def stack_file(selection_path, output, *, group, mem_limit_mb=2000, **params):
 
 
 def _write_stack(output, data, header, unc, mask, coverage):
-    from astropy.io import fits
-
-    hdul = io.ccd_hdulist(data, header, unc, mask, unit=header.get("BUNIT"))
-    hdul.append(fits.ImageHDU(coverage.astype(np.int16), name="COVERAGE"))
-    io.write_hdulist(output, hdul)
+    extra = [("COVERAGE", coverage.astype(np.int16))]
+    io.write_product(output, data, header, unc, mask, unit=header.get("BUNIT"), extra=extra)
 
 
 def raw_stack_file(selection_path, output, *, group):
