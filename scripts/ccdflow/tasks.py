@@ -548,12 +548,10 @@ def _write_stack(output, data, header, unc, mask, coverage):
 def raw_stack_file(selection_path, output, *, group):
     """Mean of the raw frames (ADU, no calibration) resampled with the same transforms
     as their calibrated frames: the "before" of the before/after comparison."""
-    from astropy.io import fits
-
     from ccdflow import align
 
     selection = _read_selection(selection_path)
-    header = fits.Header()
+    header = io.Header()  # written without astropy (`io.write_product`)
     provenance.stamp(header, "RAW_STACK")
     provenance.add_step(header, "STKGROUP", group)
     if not selection["selected"]:
